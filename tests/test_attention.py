@@ -1,0 +1,68 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlib import MultiHeadSelfAttention, scaled_dot_product_attention
+
+
+def test_matches_pytorch_sdpa():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 7, 16).unbind(0)  # (B, H, N, d)
+    out, attn = scaled_dot_product_attention(q, k, v)
+    assert out.shape == (2, 4, 7, 16) and attn.shape == (2, 4, 7, 7)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6, rtol=0)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 4, 7))
+
+
+def test_mask_matches_pytorch_and_blocks_future():
+    torch.manual_seed(1)
+    q, k, v = torch.randn(3, 2, 5, 8).unbind(0)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    out, attn = scaled_dot_product_attention(q, k, v, causal)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    assert torch.all(attn.masked_select(~causal) == 0)
+
+
+def test_non_boolean_mask_is_refused():
+    q = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="boolean"):
+        scaled_dot_product_attention(q, q, q, torch.ones(3, 3))
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v)[0], (q, k, v))
+
+
+def test_fast_and_explicit_paths_agree():
+    torch.manual_seed(3)
+    mha = MultiHeadSelfAttention(48, 6).eval()
+    x = torch.randn(2, 10, 48)
+    fast, none = mha(x)
+    slow, weights = mha(x, need_weights=True)
+    assert none is None and weights.shape == (2, 6, 10, 10)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+
+
+def test_equals_nn_multihead_attention_with_copied_weights():
+    torch.manual_seed(4)
+    ours = MultiHeadSelfAttention(32, 4).eval()
+    ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.proj.weight)
+        ref.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, 9, 32)
+    expected, expected_w = ref(x, x, x, need_weights=True, average_attn_weights=False)
+    out, weights = ours(x, need_weights=True)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights, expected_w, atol=1e-6, rtol=1e-5)
+
+
+def test_heads_must_divide_dim():
+    with pytest.raises(ValueError, match=r"not divisible by num_heads 5.*choose num_heads"):
+        MultiHeadSelfAttention(48, 5)

@@ -1,0 +1,125 @@
+import pytest
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from vitlib import (
+    PRESETS,
+    EncoderBlock,
+    ViT,
+    ViTConfig,
+    count_parameters,
+    create_model,
+    flops_per_image,
+    get_config,
+)
+
+SMALL = dict(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5)
+
+
+def test_block_equals_nn_transformer_encoder_layer():
+    torch.manual_seed(0)
+    ours = EncoderBlock(32, 4, 64, norm_eps=1e-6).eval()
+    ref = nn.TransformerEncoderLayer(
+        32, 4, 64, dropout=0.0, activation="gelu", layer_norm_eps=1e-6,
+        batch_first=True, norm_first=True,
+    ).eval()
+    pairs = [
+        (ref.self_attn.in_proj_weight, ours.attn.qkv.weight),
+        (ref.self_attn.in_proj_bias, ours.attn.qkv.bias),
+        (ref.self_attn.out_proj.weight, ours.attn.proj.weight),
+        (ref.self_attn.out_proj.bias, ours.attn.proj.bias),
+        (ref.linear1.weight, ours.mlp.fc1.weight), (ref.linear1.bias, ours.mlp.fc1.bias),
+        (ref.linear2.weight, ours.mlp.fc2.weight), (ref.linear2.bias, ours.mlp.fc2.bias),
+        (ref.norm1.weight, ours.norm1.weight), (ref.norm1.bias, ours.norm1.bias),
+        (ref.norm2.weight, ours.norm2.weight), (ref.norm2.bias, ours.norm2.bias),
+    ]
+    with torch.no_grad():
+        for r, o in pairs:
+            o.normal_()  # non-trivial norms too
+            r.copy_(o)
+    x = torch.randn(3, 7, 32)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_forward_shapes_and_attention_maps(pool, pos_embed):
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL, pool=pool, pos_embed=pos_embed)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = 16 + (pool == "cls")
+    assert model.forward_features(x).shape == (2, tokens, 32)
+    assert model(x).shape == (2, 5)
+    maps = model.attention_maps(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, tokens, tokens)
+    torch.testing.assert_close(maps[1].sum(-1), torch.ones(2, 4, tokens))
+    assert ("pos_embed" in model.state_dict()) == (pos_embed == "learned")
+
+
+def test_mean_pooling_is_the_average_of_normalised_tokens():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = model.head(model.forward_features(x).mean(dim=1))
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_presets_build_and_match_the_issue_shape():
+    tiny = create_model("vit_cifar_tiny")
+    assert count_parameters(tiny) == pytest.approx(2.7e6, rel=0.01)
+    for name in PRESETS:
+        config = get_config(name)
+        assert config.image_size % config.patch_size == 0
+    assert get_config("vit_b_16").num_tokens == 197
+    assert get_config("vit_cifar_tiny", depth=3).depth == 3
+
+
+def test_flops_per_image_matches_pytorch_flop_counter():
+    config = ViTConfig(**SMALL, pool="cls")
+    model = ViT(config).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # math path: counted as matmuls
+        model(torch.randn(1, 3, 16, 16))
+    assert flops_per_image(config) == counter.get_total_flops()
+
+
+def test_drop_path_only_in_training():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL, drop_path=0.5))
+    x = torch.randn(4, 3, 16, 16)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+
+def test_set_image_size_resizes_position_embedding():
+    torch.manual_seed(0)
+    for pool in ("mean", "cls"):
+        model = ViT(ViTConfig(**SMALL, pool=pool)).eval()
+        model.set_image_size(24)
+        assert model.pos_embed.shape == (1, 36 + (pool == "cls"), 32)
+        assert model(torch.randn(1, 3, 24, 24)).shape == (1, 5)
+    sincos = ViT(ViTConfig(**SMALL, pos_embed="sincos")).eval()
+    sincos.set_image_size(8)
+    assert sincos(torch.randn(1, 3, 8, 8)).shape == (1, 5)
+
+
+def test_bad_inputs_are_explained():
+    model = ViT(ViTConfig(**SMALL))
+    with pytest.raises(ValueError, match=r"built for 16×16 images, got 24×24.*set_image_size\(24\)"):
+        model(torch.randn(1, 3, 24, 24))
+    with pytest.raises(ValueError, match=r"\(batch, 3, H, W\)"):
+        model(torch.randn(1, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"image size 30 is not divisible by patch size 4.*\(1, 2, 3, 5, 6, 10, 15, 30\)"):
+        ViTConfig(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="not divisible by num_heads 5"):
+        ViTConfig(embed_dim=192, num_heads=5)
+    with pytest.raises(ValueError, match="pool must be"):
+        ViTConfig(pool="max")
+    with pytest.raises(ValueError, match="unknown preset 'vit_huge'.*vit_cifar_tiny"):
+        create_model("vit_huge")
+    with pytest.raises(ValueError, match="not divisible by patch size"):
+        model.set_image_size(18)

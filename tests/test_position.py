@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from vitlib import resize_pos_embed, sincos_1d, sincos_2d
+
+
+def test_sincos_1d_formula():
+    table = sincos_1d(torch.arange(5), 8)
+    pos, i = 3, 2  # position 3, frequency index 2 of 4
+    omega = 1 / 10000 ** (i / 4)
+    assert table[pos, i].item() == pytest.approx(math.sin(pos * omega), abs=1e-6)
+    assert table[pos, 4 + i].item() == pytest.approx(math.cos(pos * omega), abs=1e-6)
+
+
+def test_sincos_2d_rows_then_columns():
+    table = sincos_2d(3, 4, 16)
+    assert table.shape == (12, 16)
+    rows, cols = sincos_1d(torch.arange(3), 8), sincos_1d(torch.arange(4), 8)
+    torch.testing.assert_close(table[1 * 4 + 2], torch.cat([rows[1], cols[2]]))
+    assert len({tuple(r.tolist()) for r in table}) == 12  # every position distinct
+
+
+def test_sincos_2d_needs_dim_divisible_by_4():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(2, 2, 6)
+
+
+def test_resize_keeps_prefix_and_identity():
+    torch.manual_seed(0)
+    table = torch.randn(1, 1 + 16, 8)
+    same = resize_pos_embed(table, (4, 4), num_prefix_tokens=1)
+    assert same is table
+    bigger = resize_pos_embed(table, (6, 6), num_prefix_tokens=1)
+    assert bigger.shape == (1, 37, 8)
+    torch.testing.assert_close(bigger[:, 0], table[:, 0])
+    # a constant table stays constant under bicubic interpolation
+    const = torch.ones(1, 16, 8)
+    torch.testing.assert_close(resize_pos_embed(const, (3, 3)), torch.ones(1, 9, 8))
+
+
+def test_resize_explains_non_square_grid():
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        resize_pos_embed(torch.randn(1, 17, 8), (5, 5))
