@@ -1,6 +1,15 @@
 """vitlib: a small, readable Vision Transformer library that goes with the course notebooks."""
 
 from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
+from .interop import (
+    detect_format,
+    from_hf,
+    from_timm,
+    from_torchvision,
+    load_google_npz,
+    load_pretrained,
+    load_state_dict_checked,
+)
 from .model import (
     MLP,
     PRESETS,
@@ -21,20 +30,27 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "PRESETS",
-    "EncoderBlock",
-    "MultiHeadSelfAttention",
-    "PatchEmbed",
-    "ViT",
-    "ViTConfig",
     "config_dict",
     "count_parameters",
     "create_model",
+    "detect_format",
+    "EncoderBlock",
     "flops_per_image",
+    "from_hf",
+    "from_timm",
+    "from_torchvision",
     "get_config",
+    "load_google_npz",
+    "load_pretrained",
+    "load_state_dict_checked",
+    "MultiHeadSelfAttention",
+    "PatchEmbed",
     "patchify",
     "resize_pos_embed",
     "scaled_dot_product_attention",
     "sincos_1d",
     "sincos_2d",
     "unpatchify",
+    "ViT",
+    "ViTConfig",
 ]

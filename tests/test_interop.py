@@ -1,0 +1,345 @@
+"""Weight conversion: each library's model with random weights gives the same outputs as ours."""
+
+import os
+import warnings
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never reach the Hub
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer as TorchvisionViT
+
+from vitlib import ViT, ViTConfig, resize_pos_embed
+from vitlib.interop import (
+    detect_format,
+    from_hf,
+    from_timm,
+    from_torchvision,
+    load_google_npz,
+    load_pretrained,
+    load_state_dict_checked,
+)
+
+TOL = 1e-5
+SMALL = dict(image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+CONFIG = ViTConfig(**SMALL, mlp_ratio=4.0, pool="cls")  # timm's defaults at the small size
+
+
+def _random(model: nn.Module) -> nn.Module:
+    """Every parameter random (no zero biases or unit norms that would hide a swapped key)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def _images(size: int = 32) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return (a - b).abs().max().item()
+
+
+def _timm(**overrides) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+    return _random(timm.models.vision_transformer.VisionTransformer(**{**kwargs, **overrides}))
+
+
+def _torchvision(**overrides) -> nn.Module:
+    kwargs = dict(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=48,
+                  mlp_dim=96, num_classes=10)
+    return _random(TorchvisionViT(**{**kwargs, **overrides}))
+
+
+def _hf(kind: str = "ViTForImageClassification", **overrides) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+        intermediate_size=96, num_labels=10, **overrides,
+    )
+    return _random(getattr(transformers, kind)(config))
+
+
+# --- timm -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs, pool",
+    [
+        (dict(), "cls"),
+        (dict(act_layer="gelu"), "cls"),  # timm's own exact GELU module
+        (dict(no_embed_class=True), "cls"),  # class token without a position
+        (dict(class_token=False, global_pool="avg", fc_norm=False, mlp_ratio=2.0,
+              qkv_bias=False), "mean"),
+    ],
+    ids=["cls", "timm-gelu", "cls-no-embed-class", "avg"],
+)
+def test_timm_same_logits(kwargs, pool):
+    ref = _timm(**kwargs)
+    ours = from_timm(ref)
+    c = ours.config
+    assert (c.pool, c.num_heads, c.depth, c.embed_dim, c.patch_size) == (pool, 3, 2, 48, 8)
+    assert (c.mlp_ratio, c.qkv_bias, c.norm_eps) == (
+        kwargs.get("mlp_ratio", 4.0), kwargs.get("qkv_bias", True), 1e-6
+    )
+    x = _images()
+    with torch.no_grad():
+        assert _max_diff(ours(x), ref(x)) <= TOL
+        assert _max_diff(ours.forward_features(x), ref.forward_features(x)) <= TOL
+
+
+def test_timm_state_dict_needs_config():
+    ref = _timm()
+    with pytest.raises(ValueError, match=r"num_heads.*embed_dim=48|embed_dim=48.*num_heads"):
+        from_timm(ref.state_dict())
+    ours = from_timm(ref.state_dict(), CONFIG)
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+@pytest.mark.parametrize(
+    "kwargs, feature",
+    [
+        (dict(init_values=1e-5), "layer scale"),
+        (dict(reg_tokens=2), "register tokens"),
+        (dict(class_token=False, global_pool="avg"), "fc_norm"),
+        (dict(qk_norm=True), "query-key normalisation"),
+        (dict(global_pool="avg"), "global_pool='avg' with class_token=True"),
+        (dict(pos_embed="none"), "position embedding"),
+        (dict(act_layer="gelu_tanh"), "activation"),
+        (dict(pre_norm=True), "before the blocks"),
+    ],
+)
+def test_timm_unsupported_features_are_named(kwargs, feature):
+    with pytest.raises(ValueError, match=feature):
+        from_timm(_timm(**kwargs))
+
+
+# --- torchvision ----------------------------------------------------------------------------
+
+def test_torchvision_same_logits():
+    ref = _torchvision()
+    ours = from_torchvision(ref)
+    assert (ours.config.num_heads, ours.config.mlp_ratio, ours.config.pool) == (3, 2.0, "cls")
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_torchvision_pre_logits_is_refused_unless_head_dropped():
+    ref = _torchvision(representation_size=32)
+    with pytest.raises(ValueError, match="pre-logits"):
+        from_torchvision(ref)
+    backbone = from_torchvision(ref, replace(CONFIG, mlp_ratio=2.0, num_classes=0))
+    assert backbone(_images()).shape == (2, 48)
+
+
+# --- Hugging Face ---------------------------------------------------------------------------
+
+def test_hf_vit_model_tokens_equal_last_hidden_state():
+    ref = _hf("ViTModel")
+    ours = from_hf(ref)  # the pooler is skipped
+    assert (ours.config.num_classes, ours.config.norm_eps) == (0, 1e-12)
+    x = _images()
+    with torch.no_grad():
+        assert _max_diff(ours.forward_features(x), ref(x).last_hidden_state) <= TOL
+
+
+def test_hf_classifier_same_logits():
+    ref = _hf()
+    ours = from_hf(ref)
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
+
+
+def test_hf_older_key_names():
+    """Most Hub checkpoints carry the names of transformers 4: encoder.layer.i.attention...."""
+    ref = _hf()
+    renames = [
+        ("vit.layers.", "vit.encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]
+    old = {}
+    for key, value in ref.state_dict().items():
+        for new_name, old_name in renames:
+            key = key.replace(new_name, old_name)
+        old[key] = value
+    assert "vit.encoder.layer.1.attention.attention.value.bias" in old
+    config = replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12)
+    ours = from_hf(old, config)
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
+
+
+def test_hf_other_activation_is_refused():
+    with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
+        from_hf(_hf(hidden_act="gelu_new"))
+
+
+# --- Google .npz ----------------------------------------------------------------------------
+
+def _google_arrays(model: nn.Module, layout: str) -> dict[str, np.ndarray]:
+    """A timm model's weights in Flax layout, named as in Google's checkpoints."""
+    big = layout == "big_vision"
+    mha, ln2, mlp = (
+        ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big
+        else ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
+    )
+    d, h = model.embed_dim, model.blocks[0].attn.num_heads
+    a = {
+        "embedding/kernel": model.patch_embed.proj.weight.permute(2, 3, 1, 0),  # HWIO
+        "embedding/bias": model.patch_embed.proj.bias,
+        "pos_embedding" if big else "Transformer/posembed_input/pos_embedding": model.pos_embed,
+        "Transformer/encoder_norm/scale": model.norm.weight,
+        "Transformer/encoder_norm/bias": model.norm.bias,
+        "head/kernel": model.head.weight.T,
+        "head/bias": model.head.bias,
+    }
+    if model.cls_token is not None:
+        a["cls"] = model.cls_token
+    blocks = []
+    for block in model.blocks:
+        b = {
+            "LayerNorm_0/scale": block.norm1.weight,
+            "LayerNorm_0/bias": block.norm1.bias,
+            f"{mha}/out/kernel": block.attn.proj.weight.T.reshape(h, d // h, d),
+            f"{mha}/out/bias": block.attn.proj.bias,
+            f"{ln2}/scale": block.norm2.weight,
+            f"{ln2}/bias": block.norm2.bias,
+        }
+        for name, w, bias in zip(("query", "key", "value"), block.attn.qkv.weight.chunk(3),
+                                 block.attn.qkv.bias.chunk(3), strict=True):
+            b[f"{mha}/{name}/kernel"] = w.T.reshape(d, h, d // h)
+            b[f"{mha}/{name}/bias"] = bias.reshape(h, d // h)
+        for r, fc in enumerate((block.mlp.fc1, block.mlp.fc2)):
+            b[f"{mlp}/Dense_{r}/kernel"] = fc.weight.T
+            b[f"{mlp}/Dense_{r}/bias"] = fc.bias
+        blocks.append(b)
+    if big:  # big_vision scans the blocks: one array per name, stacked over depth
+        stacked = {k: torch.stack([b[k] for b in blocks]) for k in blocks[0]}
+        a |= {f"Transformer/encoderblock/{k}": v for k, v in stacked.items()}
+        a = {f"params/{k}": v for k, v in a.items()}
+    else:
+        a |= {f"Transformer/encoderblock_{i}/{k}": v for i, b in enumerate(blocks)
+              for k, v in b.items()}
+    return {k: v.detach().numpy().copy() for k, v in a.items()}
+
+
+@pytest.mark.parametrize(
+    "layout, kwargs",
+    [
+        ("vision_transformer", dict()),
+        ("big_vision", dict(class_token=False, global_pool="avg", fc_norm=False)),
+    ],
+)
+def test_google_npz_same_logits_as_timm_loader(tmp_path, layout, kwargs):
+    timm = pytest.importorskip("timm")
+    path = tmp_path / "vit.npz"
+    np.savez(path, **_google_arrays(_timm(**kwargs), layout))
+    ref = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10, **kwargs
+    ).eval()
+    timm.models.vision_transformer._load_weights(ref, str(path))
+    ours = load_google_npz(path)
+    assert ours.config == replace(CONFIG, pool="cls" if not kwargs else "mean")
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_google_npz_pre_logits_and_map_head(tmp_path):
+    ref = _timm()
+    arrays = _google_arrays(ref, "vision_transformer")
+    pre_logits = {"pre_logits/kernel": np.ones((48, 48), np.float32),
+                  "pre_logits/bias": np.zeros(48, np.float32)}
+    with pytest.raises(ValueError, match="pre-logits.*num_classes=0"):
+        load_google_npz({**arrays, **pre_logits})
+    backbone = load_google_npz({**arrays, **pre_logits}, replace(CONFIG, num_classes=0))
+    x = _images()
+    with torch.no_grad():
+        assert _max_diff(backbone.forward_features(x), ref.forward_features(x)) <= TOL
+    with pytest.raises(ValueError, match="MAPHead"):
+        load_google_npz({**arrays, "MAPHead_0/probe": np.zeros((1, 1, 48), np.float32)})
+
+
+# --- image size -----------------------------------------------------------------------------
+
+def test_image_size_resizes_position_embedding_only_when_asked():
+    ref = _timm()
+    ours = from_timm(ref, image_size=48)
+    assert ours.config.image_size == 48 and ours.pos_embed.shape == (1, 1 + 36, 48)
+    expected = resize_pos_embed(ref.pos_embed.detach(), (6, 6), num_prefix_tokens=1)
+    assert torch.equal(ours.pos_embed.detach(), expected)
+    assert ours(_images(48)).shape == (2, 10)
+    with pytest.warns(UserWarning, match="using 32. Pass image_size=64"):
+        kept = from_timm(ref.state_dict(), replace(CONFIG, image_size=64))
+    assert kept.config.image_size == 32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resized = from_timm(ref.state_dict(), replace(CONFIG, image_size=64), image_size=64)
+    assert resized.config.image_size == 64 and resized(_images(64)).shape == (2, 10)
+
+
+# --- bad input and dispatch -----------------------------------------------------------------
+
+def test_wrong_converter_names_the_right_one():
+    with pytest.raises(ValueError, match="torchvision checkpoint: use vitlib.interop.from_torch"):
+        from_timm(_torchvision().state_dict(), CONFIG)
+    with pytest.raises(ValueError, match="timm checkpoint: use vitlib.interop.from_timm"):
+        from_hf(_timm().state_dict(), CONFIG)
+    with pytest.raises(ValueError, match="does not look like a google checkpoint.*Vision Trans"):
+        load_google_npz({"weights": np.zeros(3)})
+
+
+def test_checked_load_lists_keys_and_suggests_fix():
+    state = _random(ViT(CONFIG)).state_dict()  # vitlib's names (the same as timm's)
+    model = ViT(CONFIG)
+    with pytest.raises(ValueError, match="1 missing keys: head.weight"):
+        load_state_dict_checked(model, {k: v for k, v in state.items() if k != "head.weight"})
+    with pytest.raises(ValueError, match="1 unexpected keys: extra.weight"):
+        load_state_dict_checked(model, {**state, "extra.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"shapes differ.*Use a config with embed_dim=48"):
+        load_state_dict_checked(ViT(replace(CONFIG, embed_dim=60)), state)
+    with pytest.raises(ValueError, match="Use a config with pool='cls'"):
+        load_state_dict_checked(ViT(replace(CONFIG, pool="mean")), state)
+    with pytest.raises(ValueError, match="use vitlib.interop.from_torchvision"):
+        load_state_dict_checked(model, _torchvision().state_dict())
+
+
+def test_detect_format_and_load_pretrained(tmp_path):
+    timm_model, tv, hf = _timm(), _torchvision(), _hf()
+    cases = {"timm": timm_model, "torchvision": tv, "hf": hf}
+    for name, model in cases.items():
+        assert detect_format(model.state_dict()) == name
+        assert isinstance(load_pretrained(model), ViT)
+    assert detect_format(ViT(CONFIG).state_dict()) == "timm"  # vitlib uses timm's names
+    assert detect_format(_google_arrays(timm_model, "big_vision")) == "google"
+    assert detect_format({"foo.weight": torch.zeros(1)}) == "unknown"
+
+    torch.save({"model": tv.state_dict()}, tmp_path / "tv.pt")
+    ours = load_pretrained(tmp_path / "tv.pt", replace(CONFIG, mlp_ratio=2.0))
+    np.savez(tmp_path / "vit.npz", **_google_arrays(timm_model, "vision_transformer"))
+    from_npz = load_pretrained(tmp_path / "vit.npz")
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), tv(_images())) <= TOL
+        assert _max_diff(from_npz(_images()), timm_model(_images())) <= TOL
+    safetensors = pytest.importorskip("safetensors.torch")
+    safetensors.save_file(hf.state_dict(), tmp_path / "model.safetensors")
+    from_file = load_pretrained(tmp_path / "model.safetensors", replace(CONFIG, mlp_ratio=2.0,
+                                                                        norm_eps=1e-12))
+    with torch.no_grad():
+        assert _max_diff(from_file(_images()), hf(_images()).logits) <= TOL
+    with pytest.raises(ValueError, match="cannot convert a Linear"):
+        load_pretrained(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="cannot tell which library"):
+        load_pretrained({"foo.weight": torch.zeros(1)})

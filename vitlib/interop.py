@@ -1,0 +1,552 @@
+"""Loading other libraries' Vision Transformer weights into vitlib's ``ViT``.
+
+Supported sources (plain ViTs: pre-norm blocks, learned position embedding, final LayerNorm on
+all tokens, then the class token or the mean of the tokens, then a linear head):
+
+- timm ``VisionTransformer``: class-token models, and ``class_token=False, global_pool='avg',
+  fc_norm=False`` models (our ``pool='mean'``)                              -> ``from_timm``
+- torchvision ``vit_b_16``-family ``VisionTransformer``                     -> ``from_torchvision``
+- Hugging Face ``ViTModel`` and ``ViTForImageClassification``, with the key names of
+  transformers 5 or the older ones most Hub checkpoints carry              -> ``from_hf``
+- Google's ``.npz`` checkpoints of google-research/vision_transformer and big_vision
+                                                                            -> ``load_google_npz``
+
+Each converter renames keys with its format's table, refuses features vitlib's ViT does not
+have with a ``ValueError`` naming them, reads the config from the source, builds a ``ViT`` and
+loads it with ``load_state_dict_checked``. ``load_pretrained`` picks the converter for you.
+Nothing here downloads or imports timm, torchvision or transformers: a model is read through
+its ``state_dict()`` and a few attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .model import ViT, ViTConfig
+
+StateDict = Mapping[str, Tensor]
+
+# --- key tables: a source name prefix -> vitlib's name -------------------------------------
+# Block tables rename the part after the block prefix, whose group is the block index.
+# timm's VisionTransformer already uses vitlib's names, so it needs no table.
+
+TORCHVISION_KEYS = {
+    "conv_proj.": "patch_embed.proj.",
+    "class_token": "cls_token",
+    "encoder.pos_embedding": "pos_embed",
+    "encoder.ln.": "norm.",
+    "heads.head.": "head.",
+}
+TORCHVISION_BLOCK = r"encoder\.layers\.encoder_layer_(\d+)\."
+TORCHVISION_BLOCK_KEYS = {
+    "ln_1.": "norm1.",
+    "self_attention.in_proj_": "attn.qkv.",  # in_proj_weight: rows [q; k; v], as ours
+    "self_attention.out_proj.": "attn.proj.",
+    "ln_2.": "norm2.",
+    "mlp.0.": "mlp.fc1.",
+    "mlp.3.": "mlp.fc2.",
+}
+
+HF_KEYS = {  # after the "vit." prefix of ViTForImageClassification is removed
+    "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "layernorm.": "norm.",
+    "classifier.": "head.",
+}
+HF_BLOCK = r"(?:layers|encoder\.layer)\.(\d+)\."
+HF_BLOCK_KEYS = {
+    "layernorm_before.": "norm1.",
+    "attention.q_proj.": "attn.q.",  # separate q, k, v: fused into attn.qkv afterwards
+    "attention.k_proj.": "attn.k.",
+    "attention.v_proj.": "attn.v.",
+    "attention.o_proj.": "attn.proj.",
+    "layernorm_after.": "norm2.",
+    "mlp.fc1.": "mlp.fc1.",
+    "mlp.fc2.": "mlp.fc2.",
+    # the same weights under the names of transformers 4
+    "attention.attention.query.": "attn.q.",
+    "attention.attention.key.": "attn.k.",
+    "attention.attention.value.": "attn.v.",
+    "attention.output.dense.": "attn.proj.",
+    "intermediate.dense.": "mlp.fc1.",
+    "output.dense.": "mlp.fc2.",
+}
+HF_SKIPPED = ("pooler.", "embeddings.mask_token")  # see from_hf
+
+GOOGLE_KEYS = {  # leaves "kernel" and "scale" become "weight"
+    "embedding/": "patch_embed.proj.",
+    "cls": "cls_token",
+    "Transformer/posembed_input/pos_embedding": "pos_embed",  # vision_transformer
+    "pos_embedding": "pos_embed",  # big_vision
+    "Transformer/encoder_norm/": "norm.",
+    "head/": "head.",
+}
+GOOGLE_BLOCK = r"Transformer/encoderblock_(\d+)/"
+GOOGLE_BLOCK_KEYS = {  # vision_transformer numbers the modules 0, 1, 2, 3; big_vision 0, 0, 1, 0
+    "LayerNorm_0/": "norm1.",
+    "MultiHeadDotProductAttention_1/query/": "attn.q.",
+    "MultiHeadDotProductAttention_1/key/": "attn.k.",
+    "MultiHeadDotProductAttention_1/value/": "attn.v.",
+    "MultiHeadDotProductAttention_1/out/": "attn.proj.",
+    "LayerNorm_2/": "norm2.",
+    "MlpBlock_3/Dense_0/": "mlp.fc1.",
+    "MlpBlock_3/Dense_1/": "mlp.fc2.",
+    "MultiHeadDotProductAttention_0/query/": "attn.q.",
+    "MultiHeadDotProductAttention_0/key/": "attn.k.",
+    "MultiHeadDotProductAttention_0/value/": "attn.v.",
+    "MultiHeadDotProductAttention_0/out/": "attn.proj.",
+    "LayerNorm_1/": "norm2.",
+    "MlpBlock_0/Dense_0/": "mlp.fc1.",
+    "MlpBlock_0/Dense_1/": "mlp.fc2.",
+}
+
+UNSUPPORTED = {  # a key fragment -> the feature it reveals, which vitlib's ViT does not have
+    "fc_norm.": "a LayerNorm after pooling (timm fc_norm)",
+    ".ls1.": "layer scale (timm init_values)",
+    "reg_token": "register tokens (timm reg_tokens)",
+    ".q_norm.": "query-key normalisation (timm qk_norm)",
+    "norm_pre.": "a LayerNorm before the blocks (timm pre_norm)",
+    "patch_embed.norm.": "a norm after the patch embedding (timm embed_norm_layer)",
+    "attn_pool.": "attention pooling (timm global_pool='map')",
+    ".attn.norm.": "a norm inside attention (timm scale_attn_norm)",
+    ".mlp.norm.": "a norm inside the MLP (timm scale_mlp_norm)",
+    "conv_proj.conv_": "a convolutional stem (torchvision conv_stem_configs)",
+    "MAPHead_0/": "attention pooling (big_vision MAPHead)",
+    "conv_root/": "a ResNet stem (hybrid ViT)",
+    "pre_logits": "a pre-logits layer before the head (to keep only the backbone, pass a config "
+    "with num_classes=0)",
+}
+
+FORMATS = {  # detect_format's answer -> (a key fragment only that format has, its converter)
+    "google": ("encoderblock", "load_google_npz"),
+    "torchvision": ("encoder.layers.encoder_layer_", "from_torchvision"),
+    "hf": ("embeddings.patch_embeddings.", "from_hf"),
+    "timm": ("patch_embed.proj.", "from_timm"),
+}
+
+
+def detect_format(state_dict: Mapping[str, object]) -> str:
+    """Which library a checkpoint comes from, by its key names: 'google', 'torchvision', 'hf',
+    'timm' or 'unknown'. vitlib's own state dicts use timm's names and are reported as 'timm'."""
+    for name, (fragment, _) in FORMATS.items():
+        if any(fragment in key for key in state_dict):
+            return name
+    return "unknown"
+
+
+# --- converters -----------------------------------------------------------------------------
+
+def from_timm(
+    model_or_state_dict: nn.Module | StateDict,
+    config: ViTConfig | None = None,
+    *,
+    image_size: int | None = None,
+) -> ViT:
+    """A timm ``VisionTransformer`` (or its state dict) as a vitlib ``ViT`` in eval mode.
+
+    From a model, the config is read from it; a bare state dict needs ``config`` (the number
+    of heads is not in the weights, and cannot be checked: give the right one). Models with a
+    class token that has no position (``no_embed_class``) get a zero slot in the table.
+    ``image_size`` resizes the position embedding (bicubic); without it the checkpoint's grid
+    is kept, whatever ``config.image_size`` says.
+    """
+    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-6
+    if isinstance(model_or_state_dict, nn.Module):
+        model = model_or_state_dict
+        _refuse("timm", _timm_module_features(model))
+        num_heads, norm_eps = model.blocks[0].attn.num_heads, model.norm.eps
+        state_dict = model.state_dict()
+    _expect_format(state_dict, "timm")
+    return _build(dict(state_dict), "timm", config, image_size, num_heads, norm_eps)
+
+
+def from_torchvision(
+    model_or_state_dict: nn.Module | StateDict,
+    config: ViTConfig | None = None,
+    *,
+    image_size: int | None = None,
+) -> ViT:
+    """A torchvision ``VisionTransformer`` (``vit_b_16`` and family, or its state dict) as a
+    vitlib ``ViT`` in eval mode. Config, ``image_size``: as in ``from_timm``."""
+    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-6
+    if isinstance(model_or_state_dict, nn.Module):
+        model = model_or_state_dict
+        state_dict = model.state_dict()
+        num_heads = model.encoder.layers[0].self_attention.num_heads
+        norm_eps = model.encoder.ln.eps
+    _expect_format(state_dict, "torchvision")
+    state_dict = _rename(state_dict, TORCHVISION_KEYS, TORCHVISION_BLOCK, TORCHVISION_BLOCK_KEYS)
+    return _build(state_dict, "torchvision", config, image_size, num_heads, norm_eps)
+
+
+def from_hf(
+    model_or_state_dict: nn.Module | StateDict,
+    config: ViTConfig | None = None,
+    *,
+    image_size: int | None = None,
+) -> ViT:
+    """A Hugging Face ``ViTModel`` or ``ViTForImageClassification`` (or its state dict, keys
+    with or without ``vit.``) as a vitlib ``ViT`` in eval mode.
+
+    A ``ViTModel`` has no classifier and gives ``num_classes=0``: its ``last_hidden_state`` is
+    our ``forward_features``. Its pooler (Dense + tanh on the class token) is skipped: vitlib's
+    ViT has no such layer and ``ViTForImageClassification`` does not use one. Hugging Face's
+    ``layer_norm_eps`` (1e-12 by default) becomes ``norm_eps``; with a bare state dict, put it
+    in ``config`` yourself. Config, ``image_size``: as in ``from_timm``.
+    """
+    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-12
+    if isinstance(model_or_state_dict, nn.Module):
+        hf = model_or_state_dict.config
+        if hf.hidden_act != "gelu":
+            raise ValueError(
+                f"this Hugging Face model uses hidden_act={hf.hidden_act!r}; vitlib's ViT uses "
+                "the exact GELU, so only models with hidden_act='gelu' can be converted"
+            )
+        if getattr(hf, "head_dim", None) not in (None, hf.hidden_size // hf.num_attention_heads):
+            raise ValueError(
+                f"this Hugging Face model has head_dim={hf.head_dim}, not hidden_size / "
+                "num_attention_heads; vitlib's ViT cannot hold it"
+            )
+        state_dict = model_or_state_dict.state_dict()
+        num_heads, norm_eps = hf.num_attention_heads, hf.layer_norm_eps
+    _expect_format(state_dict, "hf")
+    state_dict = {
+        key: value
+        for key, value in ((k.removeprefix("vit."), v) for k, v in state_dict.items())
+        if not key.startswith(HF_SKIPPED)
+    }
+    state_dict = _fuse_qkv(_rename(state_dict, HF_KEYS, HF_BLOCK, HF_BLOCK_KEYS))
+    return _build(state_dict, "hf", config, image_size, num_heads, norm_eps)
+
+
+def load_google_npz(
+    path_or_npz: str | os.PathLike | Mapping[str, np.ndarray],
+    config: ViTConfig | None = None,
+    *,
+    image_size: int | None = None,
+) -> ViT:
+    """A Google ``.npz`` ViT checkpoint (google-research/vision_transformer or big_vision; a
+    path or the loaded arrays) as a vitlib ``ViT`` in eval mode.
+
+    The config is read from the array shapes: patch size from the patch kernel, grid from the
+    position table, heads from the query kernel (D, heads, head_dim), and so on; LayerNorm
+    epsilon is Flax's 1e-6. A model without a class token is read as pool='mean' (their 'gap').
+    Google's JAX code uses the tanh approximation of GELU; like timm and Hugging Face, vitlib
+    runs the exact GELU, so outputs differ very slightly from the JAX model's.
+    Config, ``image_size``: as in ``from_timm``.
+    """
+    if isinstance(path_or_npz, (str, os.PathLike)):
+        with np.load(path_or_npz, allow_pickle=False) as npz:
+            arrays = dict(npz)
+    else:
+        arrays = dict(path_or_npz)
+    for prefix in ("opt/target/", "params/"):  # training-state and big_vision wrappers
+        if any(key.startswith(prefix) for key in arrays):
+            arrays = {key.removeprefix(prefix): value for key, value in arrays.items()}
+    for key in [k for k in arrays if k.startswith("Transformer/encoderblock/")]:
+        for i, layer in enumerate(arrays.pop(key)):  # big_vision's scanned blocks: (depth, ...)
+            arrays[key.replace("encoderblock/", f"encoderblock_{i}/")] = layer
+    _expect_format(arrays, "google")
+    query = re.compile(r"Transformer/encoderblock_0/MultiHeadDotProductAttention_\d/query/kernel")
+    num_heads = next((a.shape[1] for k, a in arrays.items() if query.fullmatch(k)), None)
+    state_dict = {key: _google_tensor(key, value) for key, value in arrays.items()}
+    state_dict = _rename(state_dict, GOOGLE_KEYS, GOOGLE_BLOCK, GOOGLE_BLOCK_KEYS)
+    state_dict = {re.sub(r"\.(kernel|scale)$", ".weight", k): v for k, v in state_dict.items()}
+    return _build(_fuse_qkv(state_dict), "google", config, image_size, num_heads, 1e-6)
+
+
+def load_pretrained(
+    obj: nn.Module | StateDict | str | os.PathLike,
+    config: ViTConfig | None = None,
+    *,
+    image_size: int | None = None,
+) -> ViT:
+    """Any supported model, state dict or checkpoint file as a vitlib ``ViT``: picks the
+    converter by the model's library or the checkpoint's key names (see ``detect_format``).
+
+    Files: ``.npz`` (Google), ``.safetensors``, or anything ``torch.load`` reads with
+    ``weights_only=True`` (a state dict, possibly under "state_dict" or "model").
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        if os.fspath(obj).endswith(".npz"):
+            return load_google_npz(obj, config, image_size=image_size)
+        obj = _read_checkpoint(obj)
+    if isinstance(obj, nn.Module):
+        library = type(obj).__module__.split(".")[0]
+        fmt = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf"}.get(library)
+        if fmt is None:
+            raise ValueError(
+                f"cannot convert a {type(obj).__name__} from {library!r}; supported are "
+                "timm, torchvision and transformers (Hugging Face) Vision Transformers"
+            )
+    elif (fmt := detect_format(obj)) == "unknown":
+        raise ValueError(
+            f"cannot tell which library this checkpoint comes from (first keys: "
+            f"{_first(list(obj))}); use from_timm, from_torchvision, from_hf or load_google_npz"
+        )
+    converters = {
+        "timm": from_timm, "torchvision": from_torchvision, "hf": from_hf,
+        "google": load_google_npz,
+    }
+    return converters[fmt](obj, config, image_size=image_size)
+
+
+def load_state_dict_checked(model: ViT, state_dict: StateDict) -> None:
+    """``model.load_state_dict`` that, when keys or shapes do not match, raises a ValueError
+    listing the first few missing, unexpected and mismatched keys and saying how to fix it."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key} {tuple(value.shape)} (model: {tuple(expected[key].shape)})"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    problems = [
+        f"{len(keys)} {what}: {_first(keys)}"
+        for what, keys in [
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shapes differ", mismatched),
+        ]
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"the checkpoint does not fit this ViT: {'; '.join(problems)}. "
+            + _fix_hint(model.config, state_dict)
+        )
+    model.load_state_dict(state_dict)
+
+
+# --- shared steps ---------------------------------------------------------------------------
+
+def _rename(
+    state_dict: StateDict, keys: dict[str, str], block: str, block_keys: dict[str, str]
+) -> dict[str, Tensor]:
+    """Keys renamed by prefix through a format's tables; keys no entry matches stay as they are
+    (to be reported as unsupported or unexpected)."""
+    block_pattern = re.compile(block)
+    out = {}
+    for key, value in state_dict.items():
+        if match := block_pattern.match(key):
+            new = _swap_prefix(key[match.end():], block_keys, f"blocks.{match[1]}.")
+        else:
+            new = _swap_prefix(key, keys, "")
+        out[new or key] = value
+    return out
+
+
+def _swap_prefix(name: str, table: dict[str, str], head: str) -> str | None:
+    for old, new in table.items():
+        if name.startswith(old):
+            return head + new + name[len(old):]
+    return None
+
+
+def _fuse_qkv(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Separate query, key and value weights of each block -> our fused qkv (rows [q; k; v])."""
+    separate = re.compile(r"(blocks\.\d+\.attn\.)[qkv]\.(weight|bias)")
+    out = {key: value for key, value in state_dict.items() if not separate.fullmatch(key)}
+    for key in state_dict:
+        if (match := separate.fullmatch(key)) and key.startswith(f"{match[1]}q."):
+            parts = [state_dict.get(f"{match[1]}{n}.{match[2]}") for n in "qkv"]
+            if any(part is None for part in parts):
+                raise ValueError(
+                    f"{key} has no matching key and value {match[2]} in {match[1]}k/v; "
+                    "the checkpoint is incomplete"
+                )
+            out[f"{match[1]}qkv.{match[2]}"] = torch.cat(parts)  # (3·D, ...)
+    return out
+
+
+def _google_tensor(name: str, array: np.ndarray) -> Tensor:
+    """A Flax array in PyTorch's layout."""
+    t = torch.from_numpy(np.asarray(array, dtype=np.float32))
+    if name.endswith("kernel") and t.ndim == 4:
+        return t.permute(3, 2, 0, 1)  # conv (p, p, C, D) HWIO -> (D, C, p, p)
+    if name.endswith("/out/kernel"):
+        return t.flatten(0, -2).T  # (H, Dh, D) -> (D, H·Dh)
+    if name.endswith("kernel"):
+        return t.flatten(1).T  # (D_in, D_out) or query/key/value (D, H, Dh) -> (D_out, D_in)
+    if name.endswith("bias"):
+        return t.flatten()  # query/key/value (H, Dh) -> (H·Dh,)
+    return t  # scale (D,), cls (1, 1, D), pos_embedding (1, T, D)
+
+
+def _build(
+    state_dict: dict[str, Tensor],
+    source: str,
+    config: ViTConfig | None,
+    image_size: int | None,
+    num_heads: int | None,
+    norm_eps: float,
+) -> ViT:
+    """A ViT from a state dict already in vitlib's names."""
+    if config is not None and config.num_classes == 0:  # backbone only
+        head = re.compile(r"head\.|.*pre_logits")
+        state_dict = {k: v for k, v in state_dict.items() if not head.match(k)}
+    used = [f for fragment, f in UNSUPPORTED.items() if any(fragment in k for k in state_dict)]
+    _refuse(source, used)
+    state_dict = _class_token_slot(state_dict)
+    found = _config_fields(state_dict)
+    if config is None:
+        if num_heads is None:
+            fields = ", ".join(f"{k}={v!r}" for k, v in found.items())
+            divisors = [h for h in range(1, 33) if found["embed_dim"] % h == 0]
+            raise ValueError(
+                f"a bare {source} state dict does not record the number of attention heads; pass "
+                f"config=ViTConfig({fields}, num_heads=...) with num_heads from {divisors} as the "
+                "model was trained, or pass the model itself"
+            )
+        config = ViTConfig(**found, num_heads=num_heads, norm_eps=norm_eps)
+    elif config.image_size != found["image_size"]:
+        if image_size is None:
+            warnings.warn(
+                f"config.image_size={config.image_size} but the checkpoint's position embedding "
+                f"is for {found['image_size']}×{found['image_size']} images; using "
+                f"{found['image_size']}. Pass image_size={config.image_size} to resize it.",
+                stacklevel=3,
+            )
+        config = replace(config, image_size=found["image_size"])
+    model = ViT(config)
+    load_state_dict_checked(model, state_dict)
+    if image_size is not None and image_size != config.image_size:
+        model.set_image_size(image_size)  # bicubic resize of the learned table
+    return model.eval()
+
+
+def _class_token_slot(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A table without the class token's slot (timm no_embed_class, big_vision) gets a zero
+    slot there: the class token then has no position, as in the source."""
+    pos, cls = state_dict.get("pos_embed"), state_dict.get("cls_token")
+    if pos is None or cls is None or math.isqrt(pos.shape[1]) ** 2 != pos.shape[1]:
+        return state_dict
+    return {**state_dict, "pos_embed": torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], 1)}
+
+
+def _config_fields(state_dict: StateDict) -> dict:
+    """The ViTConfig fields that the weights' shapes reveal (all but num_heads and norm_eps)."""
+    needed = ["patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.fc1.weight"]
+    if absent := [key for key in needed if key not in state_dict]:
+        what = "learned position embedding" if absent == ["pos_embed"] else f"keys {absent}"
+        raise ValueError(
+            f"the checkpoint has no {what}, which vitlib's ViT needs; only plain ViTs convert"
+        )
+    embed_dim, in_chans, patch_h, patch_w = state_dict["patch_embed.proj.weight"].shape
+    if patch_h != patch_w:
+        raise ValueError(f"patches of {patch_h}×{patch_w} are not square; vitlib needs square ones")
+    num_patches = state_dict["pos_embed"].shape[1] - ("cls_token" in state_dict)
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(
+            f"the position embedding has {num_patches} patch positions, not a square grid; "
+            "vitlib needs square images"
+        )
+    hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
+    mlp_ratio = hidden / embed_dim
+    if int(embed_dim * mlp_ratio) != hidden:  # rounding: nudge so int(D · ratio) == hidden
+        mlp_ratio = (hidden + 0.5) / embed_dim
+    return dict(
+        image_size=grid * patch_h,
+        patch_size=patch_h,
+        in_chans=in_chans,
+        num_classes=state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
+        embed_dim=embed_dim,
+        depth=len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")}),
+        mlp_ratio=mlp_ratio,
+        qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
+        pool="cls" if "cls_token" in state_dict else "mean",
+    )
+
+
+def _timm_module_features(model: nn.Module) -> list[str]:
+    """Features of a timm model that its key names do not show and vitlib's ViT lacks."""
+    block = model.blocks[0]
+    attn, mlp, norm = (getattr(block, name, None) for name in ("attn", "mlp", "norm1"))
+    act = getattr(mlp, "act", None)
+    kinds = tuple(type(m).__name__ for m in (block, attn, mlp))
+    checks = {
+        f"global_pool={model.global_pool!r} with class_token={model.has_class_token}":
+            (model.global_pool, model.has_class_token) not in [("token", True), ("avg", False)],
+        "a norm after pooling instead of on all tokens (fc_norm=True or final_norm=False)":
+            not isinstance(model.norm, nn.LayerNorm),
+        f"blocks of kind {kinds}": kinds != ("Block", "Attention", "Mlp"),
+        f"the activation {act}": not (  # torch's or timm's exact GELU
+            type(act).__name__ == "GELU" and getattr(act, "approximate", "none") == "none"
+        ),
+        f"the norm layer {type(norm).__name__}": not isinstance(norm, nn.LayerNorm),
+    }
+    return [feature for feature, present in checks.items() if present]
+
+
+def _refuse(source: str, features: list[str]) -> None:
+    if features:
+        raise ValueError(
+            f"this {source} model uses {'; '.join(features)}, which vitlib's ViT does not have. "
+            "Only plain ViTs convert: pre-norm blocks, learned position embedding, final "
+            "LayerNorm on all tokens, class token or mean pooling, linear head."
+        )
+
+
+def _expect_format(state_dict: Mapping[str, object], expected: str) -> None:
+    if detect_format(state_dict) != expected:
+        raise ValueError(
+            f"this does not look like a {expected} checkpoint (first keys: "
+            f"{_first(list(state_dict))}). {_format_hint(state_dict)}"
+        )
+
+
+def _format_hint(state_dict: Mapping[str, object]) -> str:
+    fmt = detect_format(state_dict)
+    if fmt == "unknown":
+        return "Check that it is the state dict of a Vision Transformer."
+    return f"It looks like a {fmt} checkpoint: use vitlib.interop.{FORMATS[fmt][1]}."
+
+
+def _fix_hint(config: ViTConfig, state_dict: StateDict) -> str:
+    """How to make a vitlib-named state dict fit: the config fields its shapes ask for."""
+    if "patch_embed.proj.weight" not in state_dict:  # not in vitlib's names
+        return _format_hint(state_dict)
+    try:
+        found = _config_fields(_class_token_slot(dict(state_dict)))
+    except ValueError as error:
+        return str(error)
+    if config.pos_embed != "learned":
+        found["pos_embed"] = "learned"
+    changes = ", ".join(f"{k}={v!r}" for k, v in found.items() if getattr(config, k) != v)
+    if changes:
+        return f"Use a config with {changes} to match the checkpoint."
+    return "Check that the checkpoint is a plain ViT (see vitlib.interop)."
+
+
+def _read_checkpoint(path: str | os.PathLike) -> StateDict:
+    if os.fspath(path).endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise ImportError(
+                "reading .safetensors files needs the safetensors package: pip install safetensors"
+            ) from error
+        return load_file(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
+    return checkpoint
+
+
+def _first(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
