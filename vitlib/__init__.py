@@ -1,6 +1,8 @@
 """vitlib: a small, readable Vision Transformer library that goes with the course notebooks."""
 
 from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
+from .augment import Augment, AugmentConfig
+from .data import CIFAR10, Split, load_cifar10, synthetic_cifar, train_val_split
 from .interop import (
     detect_format,
     from_hf,
@@ -28,29 +30,36 @@ from .position import resize_pos_embed, sincos_1d, sincos_2d
 __version__ = "0.1.0"
 
 __all__ = [
+    "Augment",
+    "AugmentConfig",
+    "CIFAR10",
+    "EncoderBlock",
     "MLP",
+    "MultiHeadSelfAttention",
     "PRESETS",
+    "PatchEmbed",
+    "Split",
+    "ViT",
+    "ViTConfig",
     "config_dict",
     "count_parameters",
     "create_model",
     "detect_format",
-    "EncoderBlock",
     "flops_per_image",
     "from_hf",
     "from_timm",
     "from_torchvision",
     "get_config",
+    "load_cifar10",
     "load_google_npz",
     "load_pretrained",
     "load_state_dict_checked",
-    "MultiHeadSelfAttention",
-    "PatchEmbed",
     "patchify",
     "resize_pos_embed",
     "scaled_dot_product_attention",
     "sincos_1d",
     "sincos_2d",
+    "synthetic_cifar",
+    "train_val_split",
     "unpatchify",
-    "ViT",
-    "ViTConfig",
 ]

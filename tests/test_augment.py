@@ -1,0 +1,257 @@
+"""vitlib.augment: batched, seeded augmentation of uint8 images."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlib.augment import (
+    MAX_ENHANCE,
+    MAX_TRANSLATE,
+    OPS,
+    Augment,
+    AugmentConfig,
+    _apply_ops,
+    mixup_cutmix,
+    normalize,
+    random_crop,
+    random_erasing,
+    random_flip,
+    sample_beta,
+    trivial_augment,
+)
+from vitlib.data import CIFAR10_MEAN, CIFAR10_STD
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def uint8_batch(b: int = 16, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, 3, size, size), dtype=torch.uint8, generator=generator(seed))
+
+
+EVERYTHING = AugmentConfig(num_ops=2, mixup_alpha=0.8, cutmix_alpha=1.0, erase_prob=0.5)
+
+
+# --- the whole transform --------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("config", [AugmentConfig(), EVERYTHING,
+                                    AugmentConfig(padding_mode="zeros", num_ops=1)])
+def test_shapes_and_dtypes(batch, config):
+    images, labels = uint8_batch(batch), torch.arange(batch) % 10
+    out, targets = Augment(config, seed=0)(images, labels, num_classes=10)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    if config.mixing:
+        assert targets.shape == (batch, 10) and targets.dtype == torch.float32
+        assert torch.allclose(targets.sum(1), torch.ones(batch))
+    else:
+        assert torch.equal(targets, labels)
+
+
+def test_bfloat16_output_and_eval_transform():
+    images = uint8_batch(4)
+    augment = Augment(EVERYTHING, dtype=torch.bfloat16, seed=0)
+    out, _ = augment(images, torch.arange(4), 10)
+    assert out.dtype == torch.bfloat16
+    evaluated = augment.eval_transform(images)
+    assert evaluated.dtype == torch.bfloat16
+    assert torch.allclose(evaluated.float(), normalize(images), atol=0.02)
+
+
+def test_seeded_determinism():
+    images, labels = uint8_batch(8), torch.arange(8) % 10
+    run = lambda seed: Augment(EVERYTHING, seed=seed)(images, labels, 10)
+    (a, ta), (b, tb), (c, _) = run(0), run(0), run(1)
+    assert torch.equal(a, b) and torch.equal(ta, tb)
+    assert not torch.equal(a, c)
+    augment = Augment(EVERYTHING, seed=0)  # the generator moves on between calls
+    assert not torch.equal(augment(images, labels, 10)[0], augment(images, labels, 10)[0])
+    for fn in (lambda g: random_crop(images, 4, g), lambda g: random_flip(images, g),
+               lambda g: trivial_augment(images.float() / 255, g)):
+        assert torch.equal(fn(generator(3)), fn(generator(3)))
+        assert not torch.equal(fn(generator(3)), fn(generator(4)))
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="uint8 batch"):
+        Augment()(uint8_batch(2).float(), torch.arange(2))
+    with pytest.raises(ValueError, match="num_classes"):
+        Augment(AugmentConfig(mixup_alpha=1.0))(uint8_batch(2), torch.arange(2))
+    with pytest.raises(ValueError, match="mix_prob is a fraction"):
+        AugmentConfig(mix_prob=1.5)
+    with pytest.raises(ValueError, match="padding_mode"):
+        AugmentConfig(padding_mode="edge")
+    with pytest.raises(ValueError, match="smaller than the image"):
+        random_crop(uint8_batch(2, size=4), 4)
+
+
+# --- crop and flip --------------------------------------------------------------------------
+
+def test_crop_shifts_a_single_pixel_by_its_offset():
+    images = torch.zeros(64, 1, 32, 32, dtype=torch.uint8)
+    images[:, :, 10, 20] = 255
+    out = random_crop(images, 4, generator(0), padding_mode="zeros")
+    shifts = set()
+    for image in out:
+        (rows, cols) = torch.where(image[0] == 255)
+        assert len(rows) == 1 and image.sum() == 255  # moved, not copied or lost
+        dy, dx = 10 - rows.item(), 20 - cols.item()
+        assert -4 <= dy <= 4 and -4 <= dx <= 4
+        shifts.add((dy, dx))
+    assert len(shifts) > 20  # offsets really vary per image
+
+
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_crop_matches_padding_then_cropping(mode):
+    images = uint8_batch(32, size=12)
+    out = random_crop(images, 3, generator(1), padding_mode=mode)
+    padded = F.pad(images.float(), (3, 3, 3, 3), mode="reflect" if mode == "reflect" else
+                   "constant")
+    for image, source in zip(out.float(), padded, strict=True):
+        crops = [source[:, y : y + 12, x : x + 12] for y in range(7) for x in range(7)]
+        assert any(torch.equal(image, crop) for crop in crops)
+
+
+def test_flip():
+    images = uint8_batch(64)
+    assert torch.equal(random_flip(images, generator(), p=1.0), images.flip(-1))
+    assert torch.equal(random_flip(images, generator(), p=0.0), images)
+    out = random_flip(images, generator())
+    flipped = (out == images.flip(-1)).flatten(1).all(1)
+    assert ((out == images).flatten(1).all(1) | flipped).all()
+    assert 10 < flipped.sum() < 54
+
+
+# --- TrivialAugment -------------------------------------------------------------------------
+
+def test_trivial_augment_stays_in_range_and_changes_images():
+    x = uint8_batch(32).float() / 255
+    out = trivial_augment(x, generator(), num_ops=1)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    changed = (out - x).abs().flatten(1).amax(1) > 1e-3
+    assert 20 < changed.sum() < 32  # about 1 in 14 drew the identity
+
+
+def ops_on(x: torch.Tensor, name: str, strength: float, sign: float = 1.0) -> torch.Tensor:
+    """Op ``name`` on every image of x at one strength."""
+    b = len(x)
+    return _apply_ops(x, torch.full((b,), OPS.index(name)), torch.full((b,), strength),
+                      torch.full((b,), sign))
+
+
+def test_ops_by_hand():
+    x = uint8_batch(4).float() / 255
+    assert torch.equal(ops_on(x, "identity", 1.0), x)
+    for name in set(OPS) - {"autocontrast", "equalize"}:
+        assert torch.allclose(ops_on(x, name, 0.0), x, atol=1e-5), name  # strength 0: no change
+    sharper = ops_on(x, "sharpness", 1.0)
+    box = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1) * 9
+    smooth = (box + 4 * x) / 13  # PIL's SMOOTH kernel
+    expected = (smooth + (1 + MAX_ENHANCE) * (x - smooth)).clamp(0, 1)
+    assert torch.allclose(sharper, expected, atol=1e-6)
+    brighter = ops_on(x, "brightness", 0.5, sign=-1.0)
+    assert torch.allclose(brighter, x * (1 - MAX_ENHANCE * 0.5))
+    solarized = ops_on(x, "solarize", 0.25)
+    assert torch.allclose(solarized, torch.where(x >= 0.75, 1 - x, x))
+    posterized = ops_on(x, "posterize", 1.0)  # 4 bits kept
+    assert torch.allclose(posterized * 255, ((x * 255).round() // 16) * 16)
+    dull = x * 0.5 + 0.25
+    stretched = ops_on(dull, "autocontrast", 1.0)
+    assert torch.allclose(stretched.amin((2, 3)), torch.zeros(4, 3), atol=1e-6)
+    assert torch.allclose(stretched.amax((2, 3)), torch.ones(4, 3), atol=1e-6)
+    equalized = ops_on(dull, "equalize", 1.0)
+    assert equalized.amax() == 1 and (equalized.flatten(2).mean(2) - 0.5).abs().max() < 0.05
+
+
+def test_geometric_ops_are_per_image():
+    x = uint8_batch(3).float() / 255
+    shift = 4  # pixels
+    strength = shift / (MAX_TRANSLATE * 32)
+    op = torch.tensor([OPS.index("translate_x"), OPS.index("identity"), OPS.index("rotate")])
+    out = _apply_ops(x, op, torch.tensor([strength, strength, 1.0]), torch.ones(3))
+    assert torch.allclose(out[0, :, :, : 32 - shift], x[0, :, :, shift:], atol=1e-5)
+    assert (out[0, :, :, 32 - shift :] == 0).all()  # filled with black
+    assert torch.equal(out[1], x[1])
+    assert not torch.allclose(out[2], x[2], atol=0.1)
+
+
+# --- mixing ---------------------------------------------------------------------------------
+
+def constant_images(b: int) -> torch.Tensor:
+    """Image i is filled with the value i, so every pixel tells where it came from."""
+    return torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 3, 16, 16).clone()
+
+
+@pytest.mark.parametrize("which", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_targets(which):
+    b, k = 10, 10
+    images, labels = constant_images(b), torch.arange(b)  # partner of i: 9 - i, another class
+    alphas = {"mixup_alpha": 0.8} if which == "mixup" else {"cutmix_alpha": 1.0}
+    mixed, targets = mixup_cutmix(images, labels, k, generator=generator(), **alphas)
+    assert torch.allclose(targets.sum(1), torch.ones(b))
+    own = targets[torch.arange(b), labels]
+    partner = targets[torch.arange(b), labels.flip(0)]
+    assert torch.allclose(own + partner, torch.ones(b))  # only the two one-hots take part
+    assert (own >= 0).all() and (partner >= 0).all()
+    i = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1)
+    if which == "mixup":
+        w = own.view(b, 1, 1, 1)
+        assert torch.allclose(mixed, w * i + (1 - w) * (b - 1 - i))
+    else:
+        from_partner = (mixed == b - 1 - i) & (mixed != i)
+        assert ((mixed == i) | from_partner).all()  # each pixel is one image's or the other's
+        assert torch.allclose(from_partner[:, 0].float().mean((1, 2)), partner)
+        for mask in from_partner[:, 0]:  # what is pasted is one rectangle
+            rows, cols = mask.any(1), mask.any(0)
+            assert mask.sum() == rows.sum() * cols.sum()
+    assert not torch.allclose(own, torch.ones(b))
+
+
+def test_mix_probability_zero_keeps_images_and_one_hot_labels():
+    images, labels = constant_images(6), torch.tensor([0, 1, 2, 3, 4, 5])
+    mixed, targets = mixup_cutmix(images, labels, 6, 1.0, 1.0, prob=0.0, generator=generator())
+    assert torch.equal(mixed, images) and torch.equal(targets, torch.eye(6))
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 2.0])
+def test_beta_samples(alpha):
+    x = sample_beta(alpha, 200_000, generator())
+    assert (x >= 0).all() and (x <= 1).all()
+    assert abs(x.mean() - 0.5) < 0.005
+    variance = 1 / (4 * (2 * alpha + 1))
+    assert abs(x.var() / variance - 1) < 0.03
+
+
+# --- erasing and normalising ----------------------------------------------------------------
+
+def test_erasing_changes_one_rectangle():
+    images = torch.rand(32, 3, 32, 32, generator=generator()) + 1  # never 0
+    out = random_erasing(images, prob=1.0, generator=generator())
+    erased = out == 0
+    assert (erased.all(1) == erased.any(1)).all()  # all channels together
+    assert torch.equal(out[~erased], images[~erased])
+    for mask in erased[:, 0]:
+        rows, cols = mask.any(1), mask.any(0)
+        assert 0 < mask.sum() == rows.sum() * cols.sum()
+        area = mask.float().mean()
+        assert 0.01 < area < 0.45
+    assert torch.equal(random_erasing(images, prob=0.0, generator=generator()), images)
+
+
+def test_normalize():
+    images = uint8_batch(4)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
+    assert torch.allclose(normalize(images), expected, atol=1e-5)
+    assert torch.allclose(normalize(images.float() / 255), expected, atol=1e-5)
+    assert normalize(images, dtype=torch.bfloat16).dtype == torch.bfloat16
+    last = normalize(images.contiguous(memory_format=torch.channels_last))
+    assert last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(last, expected, atol=1e-5)
+    assert math.isclose(normalize(images, (0.5,) * 3, (0.5,) * 3)[0, 0, 0, 0].item(),
+                        images[0, 0, 0, 0].item() / 127.5 - 1, abs_tol=1e-6)

@@ -1,0 +1,642 @@
+"""CIFAR-10 as uint8 tensors: read from any common layout, decoded once, cached on disk.
+
+Accepted sources (the layout is detected):
+
+- torchvision's root folder, holding ``cifar-10-batches-py/`` (``download=True`` fills it)
+- the ``cifar-10-batches-py/`` folder itself, or the ``cifar-10-python.tar.gz`` archive
+- an image-folder tree ``train/<class>/*.jpg|png`` + ``test/<class>/*``, as a folder or a
+  ``.tar.gz`` / ``.tgz`` / ``.tar`` archive, possibly wrapped in one top-level folder
+
+Archives are read in memory, never extracted. The decoded tensors are cached under
+``data/cache/`` (or ``$VITLIB_CACHE``), so only the first load decodes images.
+"""
+
+from __future__ import annotations
+
+import bz2
+import codecs
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import pickle
+import tarfile
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of the 50,000 training images
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel standard deviation of the same
+
+IMAGE_SIZE = 32
+_BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_CACHE_VERSION = 1  # bump when the cache contents change
+_ACCEPTED = (
+    "accepted sources: torchvision's CIFAR-10 root folder (holding cifar-10-batches-py/), "
+    "a cifar-10-batches-py/ folder, cifar-10-python.tar.gz, or an image-folder tree "
+    "train/<class>/*.jpg + test/<class>/*.jpg as a folder or a .tar.gz/.tgz/.tar archive"
+)
+
+
+@dataclass
+class Split:
+    """One part of a dataset: images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(
+                f"images must be a uint8 tensor (N, 3, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}; convert floats in [0, 1] with "
+                "(x * 255).round().to(torch.uint8)"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}; "
+                "pass one label per image"
+            )
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, selection: int | Tensor | list[int], seed: int = 0) -> Split:
+        """``n`` samples drawn at random (seeded, so the same every time), or the samples at
+        the given indices. Samples from image folders come sorted by class, so taking the
+        first ``n`` would give one class only: draw them instead."""
+        if isinstance(selection, int):
+            if not 0 < selection <= len(self):
+                raise ValueError(f"cannot draw {selection} samples from a split of {len(self)}")
+            generator = torch.Generator().manual_seed(seed)
+            selection = torch.randperm(len(self), generator=generator)[:selection]
+        index = torch.as_tensor(selection, dtype=torch.long)
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class CIFAR10:
+    """A dataset with a train and a test split and its class names (label i is classes[i])."""
+
+    train: Split
+    test: Split
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --- where the data is ----------------------------------------------------------------------
+
+def default_source(download: bool = False) -> Path:
+    """The source ``load_cifar10()`` uses when given none: ``$VITLIB_DATA`` if set, else a
+    known layout inside the project's ``data/`` folder, else (with ``download=True``) that
+    folder as torchvision's download root."""
+    env = os.environ.get("VITLIB_DATA")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_absolute() and not path.exists():  # relative to the project, not cwd
+            path = _project_dir() / path
+        return path
+    data_dir = _project_dir() / "data"
+    found = _find_layout(data_dir)
+    if found is not None:
+        return found
+    if download:
+        return data_dir
+    raise ValueError(
+        f"no CIFAR-10 data found in {data_dir}; either (1) set the environment variable "
+        "VITLIB_DATA to a cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an "
+        "image-folder tree or archive (e.g. VITLIB_DATA=../shared/data/cifar10-jpeg.tar.gz), "
+        f"(2) put one of those into {data_dir}, or (3) pass download=True when online"
+    )
+
+
+def _project_dir() -> Path:
+    """The nearest folder, from the working directory up, that holds a pyproject.toml."""
+    cwd = Path.cwd()
+    return next((p for p in (cwd, *cwd.parents) if (p / "pyproject.toml").is_file()), cwd)
+
+
+def _find_layout(folder: Path) -> Path | None:
+    """The first CIFAR-10 source found in (or as) ``folder``, or None."""
+    if not folder.is_dir():
+        return None
+    if _folder_layout(folder) is not None:
+        return folder
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith(".") or child.name == "cache":
+            continue
+        if child.is_dir() and _folder_layout(child) is not None:
+            return child
+        if child.is_file() and child.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return child
+    return None
+
+
+def _folder_layout(folder: Path) -> tuple[str, Path] | None:
+    """("batches" | "images", the folder to read) for a folder in a known layout, else None."""
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    if (folder / "data_batch_1").is_file() or (folder / "test_batch").is_file():
+        return "batches", folder
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        return "images", folder
+    subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subfolders) == 1 and (subfolders[0] / "train").is_dir():  # one wrapping folder
+        return ("images", subfolders[0]) if (subfolders[0] / "test").is_dir() else None
+    return None
+
+
+# --- loading --------------------------------------------------------------------------------
+
+def load_cifar10(
+    source: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    download: bool = False,
+    progress: bool = True,
+) -> CIFAR10:
+    """Load CIFAR-10 (or any 32×32 image-folder dataset) from ``source`` (see the module
+    docstring for the layouts; None means ``default_source()``).
+
+    The first load decodes and writes a cache under ``cache_dir`` (default ``$VITLIB_CACHE``
+    or the project's ``data/cache/``); later loads of the unchanged source read the cache.
+    ``download=True`` fetches the original data with torchvision when no local copy is found.
+    """
+    path = Path(source).expanduser() if source is not None else default_source(download)
+    kind, path = _locate(path, download)
+    cache_file = _cache_file(kind, path, cache_dir)
+    if cache_file.is_file():
+        try:
+            return _read_cache(cache_file)
+        except Exception as err:  # a damaged cache is rebuilt, not fatal
+            warnings.warn(f"ignoring unreadable cache {cache_file} ({err}); decoding again",
+                          stacklevel=2)
+    if kind == "images-folder":
+        data = _from_image_files(_folder_files(path), str(path), progress)
+    elif kind == "batches-folder":
+        batches = {name: (path / name).read_bytes() for name in _batch_names(path)}
+        data = _from_batches(batches, str(path))
+    else:
+        data = _from_archive(path, progress)
+    _write_cache(cache_file, data)
+    return data
+
+
+def _locate(path: Path, download: bool) -> tuple[str, Path]:
+    """("images-folder" | "batches-folder" | "archive", path to read), downloading if asked."""
+    if path.is_file():
+        return "archive", path
+    if path.is_dir():
+        layout = _folder_layout(path)
+        if layout is not None:
+            return f"{layout[0]}-folder", layout[1]
+        if not download:
+            found = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
+            listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") or "nothing"
+            raise ValueError(
+                f"{path} is not a CIFAR-10 folder (found: {listing}); {_ACCEPTED}; "
+                "or pass download=True to download CIFAR-10 into it"
+            )
+    elif not download or path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+        raise FileNotFoundError(
+            f"CIFAR-10 source {path} does not exist; check the path (or $VITLIB_DATA); "
+            f"{_ACCEPTED}"
+        )
+    return "batches-folder", _download(path)
+
+
+def _download(root: Path) -> Path:
+    """Download CIFAR-10 into torchvision's root folder ``root``; its batches folder."""
+    from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        TorchvisionCIFAR10(root, train=True, download=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not download CIFAR-10 into {root} ({type(err).__name__}: {err}). Offline, "
+            "use a local copy instead: set VITLIB_DATA to a cifar-10-python.tar.gz, a "
+            "cifar-10-batches-py folder, or an image-folder tree or .tar.gz (train/<class>/*, "
+            f"test/<class>/*), or put one of those into {_project_dir() / 'data'}"
+        ) from err
+    return root / "cifar-10-batches-py"
+
+
+def _batch_names(folder: Path) -> list[str]:
+    return [name for name in [*_BATCH_FILES, "batches.meta"] if (folder / name).is_file()]
+
+
+def _folder_files(root: Path) -> list[tuple[str, bytes]]:
+    """(path relative to root, bytes) of every file under root/train and root/test."""
+    files = []
+    for split in ("train", "test"):
+        for folder, dirnames, filenames in os.walk(root / split):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = Path(folder) / name
+                files.append((path.relative_to(root).as_posix(), path.read_bytes()))
+    return files
+
+
+def _from_archive(path: Path, progress: bool) -> CIFAR10:
+    """Read a tar archive of pickled batches or of an image-folder tree, without extracting."""
+    files = _tar_files(path)
+    batches = {name.rsplit("/", 1)[-1]: data for name, data in files
+               if name.rsplit("/", 1)[-1] in [*_BATCH_FILES, "batches.meta"]}
+    if batches:
+        return _from_batches(batches, str(path))
+    return _from_image_files(files, str(path), progress)
+
+
+# --- tar archives ---------------------------------------------------------------------------
+
+def _tar_files(path: Path) -> list[tuple[str, bytes | memoryview]]:
+    """(name, contents) of the regular files of a tar archive (plain, gz, bz2 or xz).
+
+    Refuses members whose path would leave the archive's folder (absolute or with ``..``) and
+    links, so nothing read from an archive can point outside it.
+    """
+    raw = path.read_bytes()
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            buf = gzip.decompress(raw)
+        elif raw[:3] == b"BZh":
+            buf = bz2.decompress(raw)
+        elif raw[:6] == b"\xfd7zXZ\x00":
+            buf = lzma.decompress(raw)
+        else:
+            buf = raw
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+        raise ValueError(f"{path} is truncated or corrupt ({err}); copy it again") from err
+    members = _ustar_members(buf, path) if buf[257:262] == b"ustar" else None
+    if members is None:  # pax headers, GNU long names or an old format: let tarfile parse it
+        members = _tarfile_members(path)
+    files = []
+    for name, kind, data in members:
+        if name.startswith(("/", "\\")) or ".." in _parts(name):
+            raise ValueError(
+                f"refusing archive member {name!r} in {path}: its path leaves the archive's "
+                "folder (absolute or containing '..'); re-create the archive with relative paths"
+            )
+        if kind in (b"1", b"2"):
+            raise ValueError(
+                f"refusing archive member {name!r} in {path}: it is a link, and a data archive "
+                "must hold plain files; re-create it with `tar --dereference`"
+            )
+        if kind in (b"0", b"\0", b"7"):
+            files.append((name, data))
+    return files
+
+
+def _parts(name: str) -> list[str]:
+    """Components of a path inside an archive ("./train/cat/1.png" -> train, cat, 1.png)."""
+    return [part for part in name.split("/") if part not in ("", ".")]
+
+
+def _ustar_members(buf: bytes, path: Path) -> list[tuple[str, bytes, memoryview]] | None:
+    """(name, type flag, contents) of each member of an uncompressed ustar archive, parsed
+    directly (several times faster than ``tarfile`` for 60,000 small files); None when the
+    archive uses extensions this parser leaves to ``tarfile``."""
+    view = memoryview(buf)
+    members, pos = [], 0
+    while pos + 512 <= len(buf) and buf[pos] != 0:  # an all-zero block ends the archive
+        header = buf[pos : pos + 512]
+        kind = header[156:157]
+        if kind not in (b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"):
+            return None
+        try:
+            size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            return None
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:263] == b"ustar\0" and header[345] != 0:  # POSIX: long paths split in two
+            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+        if pos + 512 + size > len(buf):
+            raise ValueError(f"{path} is truncated (member {name.decode()!r}); copy it again")
+        members.append((name.decode("utf-8", "surrogateescape"), kind,
+                        view[pos + 512 : pos + 512 + size]))
+        pos += 512 + -(-size // 512) * 512  # contents are padded to whole 512-byte blocks
+    return members
+
+
+def _tarfile_members(path: Path) -> list[tuple[str, bytes, bytes]]:
+    try:
+        with tarfile.open(path) as archive:
+            return [(m.name, m.type, archive.extractfile(m).read() if m.isfile() else b"")
+                    for m in archive]
+    except tarfile.TarError as err:
+        raise ValueError(
+            f"{path} is not a tar archive, so CIFAR-10 cannot be read from it; {_ACCEPTED}"
+            + ("; unzip it and point to the folder" if path.suffix == ".zip" else "")
+        ) from err
+
+
+# --- pickled batches ------------------------------------------------------------------------
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays, never arbitrary objects."""
+
+    _numpy = {
+        "_reconstruct": np.ndarray((0,)).__reduce__()[0],
+        "scalar": np.int64(0).__reduce__()[0],
+        "ndarray": np.ndarray,
+        "dtype": np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in self._numpy:
+            return self._numpy[name]
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes in protocol 2
+            return codecs.encode
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _unpickle(data: bytes | memoryview, name: str, where: str) -> dict:
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as err:
+        raise ValueError(f"{name} in {where} is not a readable CIFAR-10 batch ({err})") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"{name} in {where} holds a {type(batch).__name__}, not a CIFAR-10 batch")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+
+
+def _from_batches(files: dict[str, bytes | memoryview], where: str) -> CIFAR10:
+    """CIFAR-10 from the pickled batches data_batch_1..5 and test_batch (+ batches.meta)."""
+    missing = [name for name in _BATCH_FILES if name not in files]
+    if missing:
+        raise ValueError(
+            f"{where} lacks the CIFAR-10 batches {', '.join(missing)}; download "
+            "cifar-10-python.tar.gz again, or point to a complete copy"
+        )
+    splits = []
+    for names in (_BATCH_FILES[:-1], _BATCH_FILES[-1:]):
+        images, labels = [], []
+        for name in names:
+            batch = _unpickle(files[name], name, where)
+            if "labels" not in batch or np.shape(batch.get("data"))[1:] != (3 * 32 * 32,):
+                raise ValueError(
+                    f"{name} in {where} is not a CIFAR-10 batch (keys: {sorted(batch)}); "
+                    "CIFAR-100 and other datasets are not read by this loader"
+                )
+            images.append(torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8)))
+            labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
+        splits.append(Split(torch.cat(images).view(-1, 3, 32, 32), torch.cat(labels)))
+    classes = list(CIFAR10_CLASSES)
+    if "batches.meta" in files:
+        classes = [str(c) for c in _unpickle(files["batches.meta"], "batches.meta", where)
+                   ["label_names"]]
+    return CIFAR10(splits[0], splits[1], classes)
+
+
+# --- image folders --------------------------------------------------------------------------
+
+def _from_image_files(
+    files: list[tuple[str, bytes | memoryview]], where: str, progress: bool
+) -> CIFAR10:
+    """CIFAR-10 from image files named [wrapper/]{train,test}/<class>/<file>."""
+    found: dict[str, dict[str, list[tuple[str, bytes | memoryview]]]] = {"train": {}, "test": {}}
+    prefixes = set()
+    for name, data in files:
+        parts = _parts(name)
+        if (len(parts) < 3 or parts[-3] not in found or parts[-1].startswith(".")
+                or parts[-2].startswith(".")
+                or os.path.splitext(parts[-1])[1].lower() not in _IMAGE_SUFFIXES):
+            continue
+        prefixes.add("/".join(parts[:-3]))
+        found[parts[-3]].setdefault(parts[-2], []).append((name, data))
+    if not found["train"] and not found["test"]:
+        sample = ", ".join(name for name, _ in files[:5]) or "no files"
+        raise ValueError(f"found no CIFAR-10 data in {where} (it holds {sample}); {_ACCEPTED}")
+    if len(prefixes) > 1:
+        raise ValueError(
+            f"{where} holds several image-folder trees ({', '.join(sorted(prefixes))}); "
+            "keep one train/ + test/ pair"
+        )
+    for split, other in (("train", "test"), ("test", "train")):
+        if not found[split]:
+            raise ValueError(f"the {split} split in {where} is empty; add {split}/<class>/ "
+                             f"folders of images next to {other}/")
+    classes = _class_order(set(found["train"]), set(found["test"]), where)
+    splits = []
+    for split in ("train", "test"):
+        items = [(label, item) for label, c in enumerate(classes)
+                 for item in sorted(found[split][c], key=lambda item: item[0])]
+        labels = torch.tensor([label for label, _ in items], dtype=torch.long)
+        images = _decode_images([item for _, item in items], f"{split} ({where})", progress)
+        splits.append(Split(images, labels))
+    return CIFAR10(splits[0], splits[1], classes)
+
+
+def _class_order(train: set[str], test: set[str], where: str) -> list[str]:
+    """Class names: CIFAR-10's order when the folders are exactly its classes, else sorted."""
+    if train != test:
+        raise ValueError(
+            f"class folders differ between train and test in {where}: only in train: "
+            f"{sorted(train - test) or 'none'}, only in test: {sorted(test - train) or 'none'}; "
+            "give both splits the same class folders"
+        )
+    if train == set(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    if len(train & set(CIFAR10_CLASSES)) >= len(CIFAR10_CLASSES) // 2:  # meant to be CIFAR-10
+        raise ValueError(
+            f"the class folders in {where} look like CIFAR-10 but are missing "
+            f"{sorted(set(CIFAR10_CLASSES) - train) or 'none'} and have extra "
+            f"{sorted(train - set(CIFAR10_CLASSES)) or 'none'}; name them exactly "
+            f"{', '.join(CIFAR10_CLASSES)}"
+        )
+    return sorted(train)
+
+
+def _decode_images(
+    items: list[tuple[str, bytes | memoryview]], what: str, progress: bool = True
+) -> Tensor:
+    """Decode (name, encoded bytes) pairs into a (N, 3, 32, 32) uint8 tensor.
+
+    JPEGs are decoded in batches by torchvision (about three times faster than PIL); other
+    formats, and any file torchvision rejects, go through PIL so errors name the file.
+    """
+    images = torch.empty(len(items), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    jpegs = [i for i, (_, data) in enumerate(items) if bytes(data[:3]) == b"\xff\xd8\xff"]
+    decode_jpegs = _jpeg_decoder() if jpegs else None  # importing torchvision takes seconds
+    if decode_jpegs is None:
+        jpegs = []
+    others = sorted(set(range(len(items))) - set(jpegs))
+    with tqdm(total=len(items), desc=f"decoding {what}", unit="img", disable=not progress) as bar:
+        for start in range(0, len(jpegs), 4096):
+            chunk = jpegs[start : start + 4096]
+            try:
+                decoded = decode_jpegs([items[i][1] for i in chunk])
+            except RuntimeError:  # find the bad file with PIL, which names it
+                decoded = [_decode_with_pil(*items[i]) for i in chunk]
+            for i, image in zip(chunk, decoded, strict=True):
+                _check_size(items[i][0], image)
+            images[torch.tensor(chunk)] = torch.stack(decoded)
+            bar.update(len(chunk))
+        for i in others:
+            images[i] = _check_size(items[i][0], _decode_with_pil(*items[i]))
+            bar.update(1)
+    return images
+
+
+def _jpeg_decoder():
+    """torchvision's batched JPEG decoder: encoded files -> list of (3, H, W) uint8 tensors;
+    None where torchvision no longer has it (it is deprecated in favour of TorchCodec)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+
+    def decode(blobs: list[bytes | memoryview]) -> list[Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+            return decode_jpeg(tensors, mode=ImageReadMode.RGB)
+
+    return decode
+
+
+def _decode_with_pil(name: str, data: bytes | memoryview) -> Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            array = np.asarray(image.convert("RGB"))
+    except Exception as err:
+        raise ValueError(f"cannot read image {name} ({err}); replace or delete the file") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def _check_size(name: str, image: Tensor) -> Tensor:
+    if tuple(image.shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        h, w = image.shape[-2:]
+        raise ValueError(
+            f"image {name} is {w}×{h} pixels, but CIFAR-10 images are {IMAGE_SIZE}×{IMAGE_SIZE}; "
+            f"resize the images to {IMAGE_SIZE}×{IMAGE_SIZE} first (e.g. PIL's "
+            f"image.resize(({IMAGE_SIZE}, {IMAGE_SIZE}))) and rebuild the folder or archive"
+        )
+    return image
+
+
+# --- cache ----------------------------------------------------------------------------------
+
+def _cache_file(kind: str, path: Path, cache_dir: str | Path | None) -> Path:
+    """Cache file named by the source's absolute path, sizes and modification times."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("VITLIB_CACHE") or _project_dir() / "data" / "cache"
+    path = path.resolve()
+    if kind == "archive":
+        files = [path]
+    elif kind == "batches-folder":
+        files = [path / name for name in _batch_names(path)]
+    else:
+        files = [Path(folder) / name for split in ("train", "test")
+                 for folder, _, names in sorted(os.walk(path / split)) for name in sorted(names)]
+    key = hashlib.sha256(f"v{_CACHE_VERSION} {path}".encode())
+    for file in files:
+        stat = file.stat()
+        key.update(f"|{file.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return Path(cache_dir).expanduser() / f"{path.name}-{key.hexdigest()[:16]}.pt"
+
+
+def _read_cache(file: Path) -> CIFAR10:
+    state = torch.load(file, weights_only=True)
+    return CIFAR10(
+        Split(state["train_images"], state["train_labels"]),
+        Split(state["test_images"], state["test_labels"]),
+        list(state["classes"]),
+    )
+
+
+def _write_cache(file: Path, data: CIFAR10) -> None:
+    """Write atomically (temporary file + rename): a crash never leaves a partial cache."""
+    state = {
+        "train_images": data.train.images, "train_labels": data.train.labels,
+        "test_images": data.test.images, "test_labels": data.test.labels,
+        "classes": data.classes,
+    }
+    tmp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, file)
+    except OSError as err:  # a read-only or full disk costs speed next time, not this load
+        warnings.warn(f"could not write the cache {file} ({err}); the next load decodes again",
+                      stacklevel=3)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- splitting and made-up data -------------------------------------------------------------
+
+def train_val_split(split: Split, val_size: int = 5000, seed: int = 0) -> tuple[Split, Split]:
+    """Hold out ``val_size`` samples for validation, the same number from each class up to
+    rounding (stratified), chosen with ``seed``. Returns (train, val), each in original order.
+
+    Choose hyper-parameters on val; report the test split once, at the end.
+    """
+    n = len(split)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} for a split of {n}, "
+                         f"got {val_size}")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    order = order[torch.argsort(split.labels[order], stable=True)]  # by class, shuffled within
+    counts = torch.bincount(split.labels, minlength=int(split.labels.max()) + 1)
+    share = counts.double() * val_size / n  # each class's exact share of the validation set
+    quota = share.floor().long()
+    leftover = val_size - int(quota.sum())
+    quota[torch.argsort(share - quota, descending=True, stable=True)[:leftover]] += 1
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - starts[split.labels[order]]  # position within its class
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[order] = rank < quota[split.labels[order]]
+    return split.subset(torch.where(~is_val)[0]), split.subset(torch.where(is_val)[0])
+
+
+def synthetic_cifar(
+    n_train: int = 512, n_test: int = 256, seed: int = 0, num_classes: int = 10
+) -> CIFAR10:
+    """Made-up 32×32 data that a small model learns in seconds, for runs without real data.
+
+    Class c is a wave pattern with its own colour and stripe direction, at a random phase,
+    plus pixel noise.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    hue = torch.arange(num_classes) / num_classes
+    palette = 0.5 + 0.5 * torch.cos(2 * torch.pi * (hue[:, None] + torch.tensor([0, 1, 2]) / 3))
+    angle = torch.arange(num_classes) * torch.pi / num_classes
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+
+    def make(n: int) -> Split:
+        labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
+        phase = 2 * torch.pi * torch.rand(n, 1, 1, generator=generator)
+        cos, sin = angle[labels].cos()[:, None, None], angle[labels].sin()[:, None, None]
+        direction = xs * cos + ys * sin  # distance along the class's stripe direction
+        wave = torch.sin(2 * torch.pi * direction / 8 + phase)  # (n, 32, 32)
+        images = palette[labels][:, :, None, None] * (0.65 + 0.3 * wave[:, None])  # (n, 3, 32, 32)
+        images = images + 0.08 * torch.randn(images.shape, generator=generator)
+        return Split((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+    return CIFAR10(make(n_train), make(n_test), [f"pattern {c}" for c in range(num_classes)])
