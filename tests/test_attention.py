@@ -34,7 +34,10 @@ def test_non_boolean_mask_is_refused():
 def test_gradcheck_float64():
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v)[0], (q, k, v))
+    def attention(q, k, v):
+        return scaled_dot_product_attention(q, k, v)[0]
+
+    assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
 def test_fast_and_explicit_paths_agree():

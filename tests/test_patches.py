@@ -25,7 +25,8 @@ def test_conv_patch_embedding_equals_linear_on_patches():
 
 def test_bad_images_are_explained():
     embed = PatchEmbed(patch_size=4, in_chans=3, embed_dim=8)
-    with pytest.raises(ValueError, match=r"image height 30 is not divisible by patch size 4.*\(1, 2, 3, 5, 6, 10, 15, 30\)"):
+    message = r"height 30 is not divisible by patch size 4.*\(1, 2, 3, 5, 6, 10, 15, 30\)"
+    with pytest.raises(ValueError, match=message):
         embed(torch.randn(1, 3, 30, 32))
     with pytest.raises(ValueError, match=r"\(batch, 3, H, W\).*grayscale"):
         embed(torch.randn(1, 1, 32, 32))

@@ -248,7 +248,9 @@ PRESETS: dict[str, Callable[[], ViTConfig]] = {
 
 
 def _imagenet(**kwargs) -> ViTConfig:
-    return ViTConfig(image_size=224, patch_size=16, num_classes=1000, mlp_ratio=4.0, pool="cls", **kwargs)
+    return ViTConfig(
+        image_size=224, patch_size=16, num_classes=1000, mlp_ratio=4.0, pool="cls", **kwargs
+    )
 
 
 def get_config(name: str, **overrides) -> ViTConfig:

@@ -29,7 +29,9 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.reshape(B, gh * gw, C * p * p)
 
 
-def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int = 3) -> Tensor:
+def unpatchify(
+    patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int = 3
+) -> Tensor:
     """Inverse of ``patchify``: (B, N, C·p·p) -> (B, C, gh·p, gw·p)."""
     B, N, _ = patches.shape
     gh, gw = grid

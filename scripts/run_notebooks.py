@@ -1,0 +1,125 @@
+"""Execute the course notebooks with papermill and report each one's wall time.
+
+    python scripts/run_notebooks.py                        # every notebook, full mode
+    python scripts/run_notebooks.py --smoke 01 03          # two notebooks, quick mode
+    python scripts/run_notebooks.py 02 -p MAX_SEQ_LEN 1024 # override a size parameter
+
+Executed copies go to ``--out`` (default ``build/notebooks/``); the notebooks in ``notebooks/``
+are never written to. ``SMOKE=1`` in the environment means ``--smoke``. The exit status is
+non-zero if any notebook fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def parse_value(text: str) -> object:
+    """A command-line parameter value as a Python literal when it is one (1, 0.5, True, None,
+    [1, 2]), else as the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parameter_names(notebook: Path) -> set[str]:
+    """The names assigned in the notebook's cell tagged ``parameters``."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    names = set()
+    for cell in tagged:
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return names
+
+
+def select_notebooks(names: list[str]) -> list[Path]:
+    """The notebooks named by path, file name or number prefix (``01``), or all of them."""
+    every = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        return every
+    chosen = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".ipynb" and path.is_file():
+            chosen.append(path.resolve())
+            continue
+        matches = [nb for nb in every if nb.name == name or nb.name.startswith(name)]
+        if len(matches) != 1:
+            available = ", ".join(nb.name for nb in every) or "none"
+            found = "no notebook" if not matches else f"{len(matches)} notebooks"
+            raise SystemExit(f"{name!r} matches {found}; give a number like 01 or one of: "
+                             f"{available}")
+        chosen.append(matches[0])
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*",
+                        help="notebooks to run (path, file name or number prefix); default: all")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "notebooks",
+                        help="folder for the executed copies (default: build/notebooks)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="quick run with tiny sizes (injects SMOKE=True; also set by SMOKE=1)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"),
+                        help="inject a parameter, e.g. -p MAX_SEQ_LEN 1024 (repeatable)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
+    args = parser.parse_args(argv)
+
+    import papermill  # imported here so that --help works without it
+
+    # papermill warns about parameter lines it cannot parse (SMOKE = ... == "1"); unknown
+    # parameter names are reported below instead
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+
+    smoke = args.smoke or os.environ.get("SMOKE", "0") == "1"
+    parameters = {"SMOKE": smoke}
+    parameters.update({name: parse_value(value) for name, value in args.parameter})
+    notebooks = select_notebooks(args.notebooks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items())
+    print(f"running {len(notebooks)} notebook(s) with {shown} -> {args.out}")
+
+    failed = []
+    for notebook in notebooks:
+        unknown = sorted(set(parameters) - parameter_names(notebook))
+        if unknown:
+            print(f"warning: {notebook.name} has no parameter {', '.join(unknown)}; "
+                  "the value is injected but nothing reads it")
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(args.out / notebook.name), parameters=parameters,
+                kernel_name=args.kernel, cwd=str(notebook.parent), progress_bar=False,
+            )
+            status = "ok"
+        except Exception as error:  # report every failure and go on with the next notebook
+            failed.append(notebook.name)
+            name = getattr(error, "ename", type(error).__name__)  # the notebook's own error
+            status = f"FAILED: {name}: {getattr(error, 'evalue', error)}"
+        print(f"{notebook.name:<45} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
+
+    if failed:
+        print(f"{len(failed)} of {len(notebooks)} failed: {', '.join(failed)}; open the executed "
+              f"copies in {args.out} to see the error in context")
+        return 1
+    print(f"all {len(notebooks)} notebook(s) ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
