@@ -237,7 +237,7 @@ def _init_weights(module: nn.Module) -> None:
 
 PRESETS: dict[str, Callable[[], ViTConfig]] = {
     # small models for 32×32 CIFAR-10 images, patch 4 -> 64 tokens
-    "vit_cifar_cpu": lambda: ViTConfig(embed_dim=64, depth=4, num_heads=2, mlp_ratio=2.0),
+    "vit_cifar_cpu": lambda: ViTConfig(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0),
     "vit_cifar_tiny": lambda: ViTConfig(embed_dim=192, depth=9, num_heads=12, mlp_ratio=2.0),
     "vit_cifar_small": lambda: ViTConfig(embed_dim=384, depth=7, num_heads=12, mlp_ratio=2.0),
     # the shapes of the ViT paper (and DeiT's Ti and S) at 224×224, patch 16, class token

@@ -1,0 +1,74 @@
+"""The throughput benchmark and the time-to-accuracy script, at tiny sizes on the CPU."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitlib import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_prints_a_table_with_each_pipeline(tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "typical,timm,fast", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("pipeline"):].splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["typical", "timm", "fast"]
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"typical", "timm", "fast"}
+    assert all(r["images_per_s"] > 0 and r["batch_size"] == 16 for r in rows.values())
+    assert report["attention"]["choice"] in ("flash", "math")  # what a CPU has
+
+
+def test_bench_json_collects_rows_of_several_runs(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--rows", "typical", "--json", str(out)])
+    bench.main(["--smoke", "--rows", "compiled", "--json", str(out)])
+    names = [r["name"] for r in json.loads(out.read_text())["rows"]]
+    assert names == ["typical", "compiled"]
+    table = capsys.readouterr().out.rsplit("pipeline", 1)[1]
+    assert "typical" in table and "compiled" in table
+
+
+def test_table_ratios_and_utilisation():
+    rows = [bench.Row("typical", "t", 128, 5_000, 0.0, 1.0),
+            bench.Row("timm", "m", 512, 25_000, 0.0, 1.0),
+            bench.Row("fast", "f", 1024, 100_000, 0.01, 1.0)]
+    table = bench.format_table(rows, train_flops=1e9, peak_tflops=500.0).splitlines()
+    fast = table[-1].split()
+    assert fast[:5] == ["fast", "1024", "100,000", "1.0", "20.00"]  # × typical
+    assert fast[5] == "4.00"  # × timm
+    assert fast[6] == "100.00" and fast[7] == "20.0%"  # 1e5 img/s × 1 GFLOP = 100 TFLOP/s
+
+
+def test_attention_timings_check_every_kernel_against_float64():
+    results = bench.time_attention(2, 2, 16, 8, torch.device("cpu"), repeats=1)
+    assert set(results) == {"flash", "efficient", "cudnn", "math"}
+    assert results["math"] is not None and results["math"]["error"] < 1e-5
+    assert bench.pick_attention(results) in ("flash", "math")
+    broken = {"flash": {"ms": 1.0, "error": 0.5}, "math": {"ms": 2.0, "error": 1e-3}}
+    assert bench.pick_attention(broken) == "math"  # fast but wrong loses
+    with pytest.raises(RuntimeError, match="no attention kernel"):
+        bench.pick_attention({"flash": None})
+
+
+def test_time_to_accuracy_smoke_reports_a_curve_and_a_final_choice(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "tta.json"
+    assert script.main(["--smoke", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["curve"]] == [2, 4]
+    assert set(result["final"]) == {"model", "model+flip", "ema", "ema+flip"}
+    assert result["chosen"] == max(result["final"], key=lambda k: result["final"][k]["val"])
+    for scores in result["final"].values():
+        assert 0 <= scores["val"] <= 1 and 0 <= scores["test"] <= 1
+    assert "RESULT recipe cifar_fast" in capsys.readouterr().out

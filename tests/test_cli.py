@@ -1,0 +1,99 @@
+"""The command line: python -m vitlib train | eval | bench."""
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitlib.__main__ import main
+from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+SMOKE = ["train", "--smoke", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """One smoke run through the real entry point, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("smoke")
+    result = subprocess.run(
+        [sys.executable, "-m", "vitlib", *SMOKE, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout and "val acc" in result.stdout
+    assert "test acc" in result.stdout and f"checkpoint {out / CHECKPOINT_NAME}" in result.stdout
+    return out
+
+
+def test_smoke_train_writes_checkpoint_and_history(smoke_run):
+    for name in (CHECKPOINT_NAME, "history.json", "history.csv", "history.png"):
+        assert (smoke_run / name).stat().st_size > 0, name
+    state = load_checkpoint(smoke_run)
+    assert state["model_config"]["depth"] == 1 and state["progress"]["epoch"] == 1
+    rows = (smoke_run / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 2
+
+
+def test_eval_prints_accuracy(smoke_run, capsys):
+    assert main(["eval", str(smoke_run), "--data", "synthetic", "--tta", "flip"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("test accuracy ") and "on 256 images" in out and "flip" in out
+
+
+def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes((smoke_run / CHECKPOINT_NAME).read_bytes())
+    assert main([*SMOKE, "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    state = load_checkpoint(out)
+    assert state["progress"]["epoch"] == 2 and state["train_config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--smoke", "--data", "/no/such/cifar.tar.gz"], "does not exist"),
+        (["train", "--smoke", "--resume", "/no/such/checkpoint.pt"], "does not exist"),
+        (["train", "--smoke", "--epochs", "0"], "epochs must be at least 1"),
+        (["train", "--smoke", "--batch-size", "4096"], "is larger than the"),
+        (["eval", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m vitlib {args[0]}: error: ") and message in err
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, bogus)
+    assert main([*SMOKE, "--resume", str(bogus)]) == 2
+    assert "not a vitlib checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_another_preset_is_refused(smoke_run, tmp_path, capsys):
+    args = [*SMOKE, "--resume", str(smoke_run), "--preset", "vit_cifar_tiny",
+            "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "different model shape" in capsys.readouterr().err
+
+
+def test_unknown_preset_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "vit_huge_42"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'vit_huge_42'" in capsys.readouterr().err
+
+
+def test_bench_forwards_its_arguments(monkeypatch):
+    seen = []
+    fake = types.ModuleType("vitlib.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "vitlib.bench", fake)
+    assert main(["bench", "--help", "--steps", "3"]) == 0
+    assert seen == [["--help", "--steps", "3"]]

@@ -1,0 +1,132 @@
+"""The fast training step: same function as the plain one, within bf16 rounding."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitlib
+from vitlib.fast import TrainStep, attention_backend, bf16_forward, update_ema
+
+
+def _model(seed: int = 0) -> vitlib.ViT:
+    torch.manual_seed(seed)
+    return vitlib.create_model("vit_cifar_cpu", embed_dim=32, depth=2, num_heads=2)
+
+
+def _batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _sgd_delta(precision: str, **options) -> tuple[torch.Tensor, float]:
+    """Parameter change of one SGD step (lr 1: minus the gradient) and the loss."""
+    model = _model()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=1.0), 10,
+                     precision=precision, compile_mode=None, **options)
+    loss, _ = step(*_batch())
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return after - before, loss.item()
+
+
+def test_bf16_step_follows_the_fp32_gradient():
+    exact, exact_loss = _sgd_delta("fp32")
+    for precision in ("bf16", "autocast"):
+        delta, loss = _sgd_delta(precision)
+        assert loss == pytest.approx(exact_loss, rel=2e-2)
+        assert F.cosine_similarity(delta, exact, dim=0) > 0.99
+        assert (delta - exact).norm() / exact.norm() < 0.1
+
+
+def test_bf16_forward_runs_in_bf16_and_keeps_fp32_weights():
+    model = _model()
+    images, _ = _batch()
+    logits = bf16_forward(model, images)
+    assert logits.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    torch.testing.assert_close(logits.float(), model(images), atol=0.05, rtol=0.05)
+
+
+def test_integer_labels_give_the_loss_of_one_hot_targets():
+    images, labels = _batch()
+    losses = []
+    for targets in (labels, F.one_hot(labels, 10).float()):
+        model = _model()
+        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                         precision="fp32", compile_mode=None, label_smoothing=0.1)
+        losses.append(step(images, targets)[0].item())
+    model = _model()
+    expected = F.cross_entropy(model(images), labels, label_smoothing=0.1).item()
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    assert losses[1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_step_counts_images_whose_top_class_is_the_targets():
+    images, labels = _batch(32)
+    model = _model()
+    expected = (model(images).argmax(-1) == labels).sum().item()
+    mixed = 0.6 * F.one_hot(labels, 10).float() + 0.4 * F.one_hot(labels.flip(0), 10).float()
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                     precision="fp32", compile_mode=None)
+    assert step(images, mixed)[1].item() == expected  # the larger share counts
+
+
+def test_gradient_clipping_limits_the_step():
+    delta, _ = _sgd_delta("fp32", grad_clip=1e-3)
+    assert delta.norm() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_step_clears_gradients_and_moves_weights():
+    model = _model()
+    step = TrainStep(model, torch.optim.AdamW(model.parameters(), lr=1e-3), 10,
+                     precision="bf16", compile_mode=None)
+    first = model.head.weight.detach().clone()
+    loss, correct = step(*_batch())
+    assert torch.isfinite(loss) and not loss.requires_grad
+    assert 0 <= correct.item() <= 8
+    assert all(p.grad is None for p in model.parameters())
+    assert not torch.equal(first, model.head.weight)
+
+
+def test_ema_is_a_weighted_average():
+    model, ema = _model(0), _model(1)
+    pairs = zip(ema.parameters(), model.parameters(), strict=True)
+    expected = [0.9 * e.detach() + 0.1 * p.detach() for e, p in pairs]
+    update_ema(ema, model, decay=0.9)
+    for e, x in zip(ema.parameters(), expected, strict=True):
+        torch.testing.assert_close(e, x)
+
+
+def test_bad_options_name_the_choices():
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="fp32, autocast, bf16"):
+        TrainStep(model, optimizer, 10, precision="fp16")
+    with pytest.raises(ValueError, match="flash, efficient, cudnn, math"):
+        TrainStep(model, optimizer, 10, attention="fastest")
+    with pytest.raises(ValueError, match="flash"), attention_backend("triton"):
+        pass
+
+
+def test_forced_attention_kernel_gives_the_same_loss():
+    images, labels = _batch()
+    losses = []
+    for backend in ("math", None):
+        model = _model()
+        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                         precision="fp32", compile_mode=None, attention=backend)
+        losses.append(step(images, labels)[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_bf16_step_leaves_the_fp32_weights_unrounded():
+    model = _model()  # a step at lr 0 must not round the master weights to bf16
+    reference = copy.deepcopy(model)
+    TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10, compile_mode=None)(
+        *_batch())
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

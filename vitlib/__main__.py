@@ -1,0 +1,234 @@
+"""Command line: ``python -m vitlib train | eval | bench``.
+
+    python -m vitlib train                      # the recipe for this machine (GPU or CPU)
+    python -m vitlib train --smoke              # a tiny run in seconds, on made-up images
+    python -m vitlib train --epochs 50 --out runs/mine
+    python -m vitlib train --resume runs/mine   # continue where it stopped
+    python -m vitlib eval runs/mine --tta flip  # test accuracy of a checkpoint
+    torchrun --nproc_per_node=4 -m vitlib train # several GPUs
+
+Data comes from ``--data``, else ``$VITLIB_DATA``, else the project's ``data/`` folder, else
+it is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import torch
+
+from .model import PRESETS, ViTConfig, get_config
+
+SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
+SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
+    "epochs": 1, "batch_size": 64, "warmup_epochs": 0.0, "val_size": 64,
+    "max_train_samples": 256, "max_eval_samples": 128, "progress": False,
+    "time_budget_s": None, "out_dir": "runs/smoke",
+}
+SYNTHETIC = {"n_train": 512, "n_test": 256, "seed": 0}  # the made-up data of --data synthetic
+
+# command-line flag -> TrainConfig field (None = not given, keep the recipe's value)
+TRAIN_FLAGS = {
+    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
+    "min_lr_ratio": "min_lr_ratio", "label_smoothing": "label_smoothing",
+    "grad_clip": "grad_clip", "ema_decay": "ema_decay", "precision": "precision",
+    "compile": "compile", "seed": "seed", "val_size": "val_size", "eval_every": "eval_every",
+    "threads": "num_threads", "device": "device", "out": "out_dir",
+    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
+}
+AUGMENT_FLAGS = {
+    "crop_padding": "crop_padding", "flip": "flip", "trivial_augment": "num_ops",
+    "magnitude": "magnitude", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha",
+    "mix_prob": "mix_prob", "erase": "erase_prob",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vitlib", description="Train and evaluate Vision Transformers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = commands.add_parser(
+        "train", help="train a ViT on CIFAR-10",
+        description="Train a ViT on CIFAR-10. With no flags: the recipe for this machine "
+        "(vit_cifar_tiny on a GPU; vit_cifar_cpu for 5 minutes on a CPU). Flags override it.",
+    )
+    t.add_argument("--preset", choices=list(PRESETS), help="model preset")
+    t.add_argument("--drop-path", type=float, help="stochastic depth rate of the model")
+    t.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
+    t.add_argument("--out", help="output folder for checkpoint and history (runs/NAME)")
+    t.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help="continue from a checkpoint or run folder (default: the --out folder)")
+    t.add_argument("--smoke", action="store_true",
+                   help="tiny model, 256 images, 1 epoch, made-up data unless --data")
+    t.add_argument("--epochs", type=int, help="number of epochs")
+    t.add_argument("--batch-size", type=int, help="global batch size")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    t.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    t.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak")
+    t.add_argument("--label-smoothing", type=float, help="label smoothing")
+    t.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
+    t.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
+    t.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after this much training time, lr schedule fitted (0 = no limit)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--val-size", type=int, help="training images held out for validation")
+    t.add_argument("--eval-every", type=int, help="validate every N epochs")
+    t.add_argument("--threads", type=int,
+                   help="CPU threads (0 = the faster of 1 and all, timed each epoch)")
+    t.add_argument("--device", help="auto, cuda or cpu")
+    t.add_argument("--max-train-samples", type=int, help="train on a random subset")
+    t.add_argument("--max-eval-samples", type=int, help="validate and test on random subsets")
+    t.add_argument("--quiet", action="store_true", help="print nothing")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    aug = t.add_argument_group("augmentation")
+    aug.add_argument("--crop-padding", type=int, help="random crop padding in pixels (0 = off)")
+    aug.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random flips")
+    aug.add_argument("--trivial-augment", type=int, metavar="N",
+                     help="TrivialAugment ops per image (0 = off)")
+    aug.add_argument("--magnitude", type=float, help="TrivialAugment top strength in (0, 1]")
+    aug.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup alpha (0 = off)")
+    aug.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix alpha (0 = off)")
+    aug.add_argument("--mix-prob", type=float, help="chance an image is mixed")
+    aug.add_argument("--erase", type=float, metavar="PROB", help="random erasing probability")
+    t.set_defaults(func=run_train)
+
+    e = commands.add_parser("eval", help="test accuracy of a checkpoint",
+                            description="Accuracy of a trained checkpoint on the test split.")
+    e.add_argument("checkpoint", help="checkpoint file or run folder")
+    e.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
+    e.add_argument("--tta", choices=["flip"], help="test-time augmentation")
+    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    e.add_argument("--max-samples", type=int, help="evaluate on a random subset")
+    e.set_defaults(func=run_eval)
+
+    commands.add_parser("bench", add_help=False, help="GPU throughput benchmark "
+                        "(python -m vitlib bench --help for its options)")
+    return parser
+
+
+def load_data(source: str | None, *, smoke: bool = False):
+    """CIFAR-10 from ``source`` (None: $VITLIB_DATA, data/, else download), or made-up images
+    for 'synthetic' and for smoke runs without a source."""
+    from .data import load_cifar10, synthetic_cifar
+
+    if source == "synthetic" or (smoke and source is None):
+        if smoke and source is None and os.environ.get("RANK", "0") == "0":
+            print("smoke run on made-up images (pass --data to use CIFAR-10)")
+        return synthetic_cifar(**SYNTHETIC)
+    try:
+        return load_cifar10(source, download=source is None)
+    except RuntimeError as err:  # the download failed (offline)
+        raise ValueError(str(err)) from err
+
+
+def _device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .train import TrainConfig, recipe, train
+
+    preset, config = recipe(_device(args.device))
+    model_overrides: dict = {}
+    if args.smoke:
+        config = dataclasses.replace(config, **SMOKE_TRAIN)
+        if args.preset is None:
+            model_overrides.update(SMOKE_MODEL)
+    model_config = get_config(args.preset or preset, **model_overrides)
+
+    resume = None
+    if args.resume is not None:
+        out = args.out or config.out_dir
+        resume = args.resume or f"{out}/{CHECKPOINT_NAME}"
+        saved = load_checkpoint(resume)
+        config = TrainConfig.from_dict(saved["train_config"])
+        config = dataclasses.replace(config, progress=True, quiet=False)
+        if args.preset is None:  # keep the checkpoint's shape unless another is asked for
+            model_config = ViTConfig(**saved["model_config"])
+        if args.out is None and args.resume:
+            config = dataclasses.replace(config, out_dir=str(_run_folder(args.resume)))
+
+    if args.drop_path is not None:
+        model_config = dataclasses.replace(model_config, drop_path=args.drop_path)
+    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()
+             if getattr(args, flag) is not None}
+    if args.time_budget is not None:
+        given["time_budget_s"] = args.time_budget or None
+    if args.smoke or args.no_progress:
+        given["progress"] = False
+    if args.quiet:
+        given["quiet"] = True
+    augment = {field: getattr(args, flag) for flag, field in AUGMENT_FLAGS.items()
+               if getattr(args, flag) is not None}
+    if augment:
+        given["augment"] = dataclasses.replace(config.augment, **augment)
+    if args.out is None and args.preset is not None and not args.smoke and resume is None:
+        given["out_dir"] = f"runs/{args.preset}"
+    config = dataclasses.replace(config, **given)
+
+    data = load_data(args.data, smoke=args.smoke)
+    train(model_config, config, data, resume=resume)
+    return 0
+
+
+def _run_folder(path: str):
+    from pathlib import Path
+
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model, resolve_checkpoint
+    from .train import evaluate
+
+    path = resolve_checkpoint(args.checkpoint)
+    model = load_model(path, map_location=_device(args.device))
+    test = load_data(args.data).test
+    if args.max_samples is not None and args.max_samples < len(test):
+        test = test.subset(args.max_samples)
+    result = evaluate(model, test, batch_size=args.batch_size, tta=args.tta)
+    tta = f", test-time augmentation: {args.tta}" if args.tta else ""
+    print(f"test accuracy {result['acc']:.2%} (loss {result['loss']:.3f}) on {len(test)} "
+          f"images{tta}; checkpoint {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main  # imported only when asked for
+
+        return bench_main(argv[1:]) or 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .train import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"python -m vitlib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"python -m vitlib {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""Training throughput, side by side on one device: a typical tutorial pipeline, a tuned timm
+pipeline and vitlib's fast step, all training the same ViT shape.
+
+    python -m vitlib bench                  # every row on this machine's GPU, then the table
+    python -m vitlib bench --smoke          # a few seconds on a CPU: tiny model, made-up data
+
+Rows (images per second = optimizer steps per second × batch size, data path included):
+
+    typical   DataLoader with torchvision's CPU transforms (8 workers), fp32, eager, batch 128
+    timm      timm's VisionTransformer, images resident on the device, crop + flip there,
+              bf16 autocast, torch.compile, batch 512, AdamW + cosine
+    compiled  vitlib's ViT with the same flags as the timm row, batch 1024, fused AdamW
+    fast      vitlib's ``TrainStep``: bf16 weights and activations, CUDA graphs, the fastest
+              attention kernel measured here, batch 1024
+
+Each row runs warm-up steps (compilation included, reported apart), then ``--repeats`` timed
+windows of ``--steps`` steps; the table shows the median window. Model FLOPs utilisation
+(MFU) counts the matrix products of ``flops_per_image`` (×3 for a training step) against the
+bf16 matrix-product rate measured here (``--ceilings``) or the datasheet's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .augment import Augment, AugmentConfig
+from .data import CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
+from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend
+from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
+from .train import TrainConfig, make_optimizer
+
+ROWS = ("typical", "timm", "compiled", "fast")
+DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16, SXM parts
+SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
+# the fast row's loss options, as in benchmarks/time_to_accuracy.py (same compiled graph)
+FAST_RECIPE_LOSS = {"label_smoothing": 0.1, "grad_clip": 1.0}
+
+
+@dataclass
+class Row:
+    """One pipeline's measurement."""
+
+    name: str  # typical, timm, compiled or fast
+    description: str  # what the pipeline does, in a few words
+    batch_size: int  # images per optimizer step
+    images_per_s: float  # median over the timed windows
+    spread: float  # (slowest − fastest window) / median, a measure of noise
+    warmup_s: float  # seconds of the warm-up steps, compilation included
+    attention: str | None = None  # the attention kernel forced in this row, if any
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(
+    step: Callable[[], object], device: torch.device, warmup: int, steps: int, repeats: int
+) -> tuple[float, list[float]]:
+    """Run ``warmup`` steps, then ``repeats`` windows of ``steps`` steps.
+    Returns (warm-up seconds, seconds per step of each window)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - started
+    windows = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        windows.append((time.perf_counter() - started) / steps)
+    return warmup_s, windows
+
+
+def _row(name: str, description: str, batch_size: int, warmup_s: float, windows: list[float],
+         attention: str | None = None) -> Row:
+    per_step = statistics.median(windows)
+    spread = (max(windows) - min(windows)) / per_step
+    return Row(name, description, batch_size, batch_size / per_step, spread, warmup_s, attention)
+
+
+def _event_time(work: Callable[[], object], repeats: int = 10) -> float:
+    """Median seconds of ``work`` on the current CUDA device, timed with events."""
+    work()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def measure_ceilings(device: torch.device) -> dict[str, float]:
+    """The two ceilings of a GPU: the bf16 matrix-product rate (TFLOP/s, 8192³ on random data)
+    and the device-memory bandwidth (TB/s, a 2 GiB copy counting bytes read and written)."""
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    matmul_s = _event_time(lambda: a @ b)
+    src = torch.randn(2**29, device=device)  # 2 GiB of float32
+    dst = torch.empty_like(src)
+    copy_s = _event_time(lambda: dst.copy_(src))
+    return {"matmul_tflops": 2 * n**3 / matmul_s / 1e12,
+            "copy_tbps": 2 * src.numel() * 4 / copy_s / 1e12}
+
+
+def time_attention(
+    batch: int, heads: int, tokens: int, head_dim: int, device: torch.device, repeats: int = 10
+) -> dict[str, dict[str, float] | None]:
+    """Forward + backward of ``F.scaled_dot_product_attention`` in bf16 (CUDA) or fp32 (CPU)
+    with each kernel: {name: {"ms": time, "error": relative error of output and gradients
+    against float64 math on a few samples}}, or None where the kernel cannot run this shape."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q, k, v, grad = (torch.randn(batch, heads, tokens, head_dim, device=device, dtype=dtype)
+                     for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+
+    def run(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> list[Tensor]:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return [out, *torch.autograd.grad(out, (q, k, v), grad)]
+
+    few = [t[:4].detach().double().requires_grad_(t.requires_grad) for t in (q, k, v, grad)]
+    reference = run(*few)
+    results: dict[str, dict[str, float] | None] = {}
+    for name in ATTENTION_BACKENDS:
+        try:
+            with attention_backend(name):
+                check = run(*(t[:4] for t in (q, k, v, grad)))
+                error = max(((c.double() - r).norm() / r.norm()).item()
+                            for c, r in zip(check, reference, strict=True))
+                run(q, k, v, grad)
+                _sync(device)
+                started = time.perf_counter()
+                for _ in range(repeats):
+                    run(q, k, v, grad)
+                _sync(device)
+        except RuntimeError:  # no kernel of this kind for this shape, dtype or device
+            results[name] = None
+            continue
+        results[name] = {"ms": (time.perf_counter() - started) / repeats * 1e3, "error": error}
+    return results
+
+
+def pick_attention(results: dict[str, dict[str, float] | None], tolerance: float = 2e-2) -> str:
+    """The fastest kernel whose error is within ``tolerance`` (bf16 rounding is about 4e-3)."""
+    good = {name: r["ms"] for name, r in results.items()
+            if r is not None and r["error"] < tolerance}
+    if not good:
+        raise RuntimeError(f"no attention kernel gave correct results: {results}")
+    return min(good, key=good.get)
+
+
+# --- the pipelines ------------------------------------------------------------------------------
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """The tutorial way: each image becomes a PIL image and goes through CPU transforms."""
+
+    def __init__(self, split: Split, transform: Callable) -> None:
+        self.images = split.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C), as torchvision's
+        self.labels = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def _forever(loader: torch.utils.data.DataLoader):
+    while True:
+        yield from loader
+
+
+def typical_step(model: ViT, split: Split, batch_size: int, workers: int,
+                 device: torch.device) -> Callable[[], object]:
+    """DataLoader + torchvision transforms on the CPU, fp32, eager, plain AdamW."""
+    import torchvision.transforms as T
+
+    transform = T.Compose([
+        T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+    ])
+    loader = torch.utils.data.DataLoader(
+        _PILImages(split, transform), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+    )
+    batches = _forever(loader)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_step = TrainStep(model, optimizer, model.config.num_classes, precision="fp32",
+                           compile_mode=None)
+
+    def step() -> tuple[Tensor, Tensor]:
+        images, labels = next(batches)
+        return train_step(images.to(device, non_blocking=True), labels.to(device))
+
+    return step
+
+
+class DeviceBatches:
+    """Random batches of the resident uint8 images, cropped and flipped on the device."""
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, seed: int = 0) -> None:
+        if batch_size > len(split):
+            raise ValueError(f"batch size {batch_size} is larger than the {len(split)} images; "
+                             "use a smaller --batch-size or more data")
+        self.images, self.labels = split.images.to(device), split.labels.to(device)
+        self.batch_size = batch_size
+        self.augment = Augment(AugmentConfig(crop_padding=4, flip=True), seed=seed)
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.order, self.position = self._shuffle(), 0
+
+    def _shuffle(self) -> Tensor:
+        n = len(self.labels)
+        return torch.randperm(n, device=self.images.device, generator=self.generator)
+
+    def __call__(self) -> tuple[Tensor, Tensor]:
+        if self.position + self.batch_size > len(self.order):
+            self.order, self.position = self._shuffle(), 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.augment(self.images[index], self.labels[index])
+
+
+def device_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: DeviceBatches,
+    num_classes: int, **step_options,
+) -> Callable[[], object]:
+    """A ``TrainStep`` fed by ``batches``, with a cosine learning-rate schedule."""
+    train_step = TrainStep(model, optimizer, num_classes, **step_options)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10_000)
+
+    def step() -> tuple[Tensor, Tensor]:
+        result = train_step(*batches())
+        schedule.step()
+        return result
+
+    return step
+
+
+def timm_model(config: ViTConfig) -> nn.Module:
+    """timm's VisionTransformer with the same shape (mean pooling, no class token)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    c = config
+    return VisionTransformer(
+        img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_chans,
+        num_classes=c.num_classes, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+        mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias, class_token=False, global_pool="avg",
+    )
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def format_table(rows: list[Row], train_flops: float, peak_tflops: float | None) -> str:
+    """The results as an aligned text table, with ratios to the typical and timm rows."""
+    by_name = {r.name: r for r in rows}
+    header = (f"{'pipeline':<10} {'batch':>5} {'images/s':>10} {'± %':>5} {'× typical':>9} "
+              f"{'× timm':>7} {'TFLOP/s':>8} {'MFU':>6} {'warm-up s':>9}  what")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ratios = []
+        for base in ("typical", "timm"):
+            other = by_name.get(base)
+            ratios.append(f"{r.images_per_s / other.images_per_s:.2f}" if other else "-")
+        tflops = r.images_per_s * train_flops / 1e12
+        mfu = f"{tflops / peak_tflops:.1%}" if peak_tflops else "-"
+        what = r.description + (f", attention: {r.attention}" if r.attention else "")
+        lines.append(
+            f"{r.name:<10} {r.batch_size:>5} {r.images_per_s:>10,.0f} {100 * r.spread:>5.1f} "
+            f"{ratios[0]:>9} {ratios[1]:>7} {tflops:>8.2f} {mfu:>6} {r.warmup_s:>9.1f}  {what}"
+        )
+    return "\n".join(lines)
+
+
+def measure_row(
+    row: str, config: ViTConfig, train: Split, device: torch.device,
+    args: argparse.Namespace, use_compile: bool, attention: str | None,
+) -> Row:
+    """Build one row's pipeline and time it."""
+    torch.manual_seed(0)
+    plain_mode = "default" if use_compile else None
+    measure = lambda step: time_steps(step, device, args.warmup, args.steps, args.repeats)
+    if row == "typical":
+        model = ViT(config).to(device)
+        step = typical_step(model, train, args.typical_batch, args.workers, device)
+        what = f"DataLoader {args.workers} workers, CPU transforms, fp32, eager"
+        return _row(row, what, args.typical_batch, *measure(step))
+    if row == "timm":
+        model = timm_model(config).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        batches = DeviceBatches(train, args.timm_batch, device)
+        step = device_step(model, optimizer, batches, config.num_classes,
+                           precision="autocast", compile_mode=plain_mode)
+        what = f"timm model, device crop+flip, bf16 autocast, compile={plain_mode}, AdamW"
+        return _row(row, what, args.timm_batch, *measure(step))
+    model = ViT(config).to(device)
+    optimizer = make_optimizer(model, TrainConfig())
+    batches = DeviceBatches(train, args.batch_size, device)
+    if row == "compiled":
+        step = device_step(model, optimizer, batches, config.num_classes,
+                           precision="autocast", compile_mode=plain_mode)
+        what = "vitlib model, flags of the timm row, fused AdamW"
+        return _row(row, what, args.batch_size, *measure(step))
+    mode = args.fast_compile_mode if use_compile else None
+    step = device_step(model, optimizer, batches, config.num_classes, precision="bf16",
+                       attention=attention, compile_mode=mode, **FAST_RECIPE_LOSS)
+    what = f"vitlib TrainStep: bf16 weights+activations, compile={mode}, fused AdamW, grad clip"
+    return _row(row, what, args.batch_size, *measure(step), attention=attention)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m vitlib bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {ROWS}")
+    p.add_argument("--preset", default="vit_cifar_tiny", help="model shape (all rows)")
+    p.add_argument("--data", help="CIFAR-10 path or 'synthetic' (default: $VITLIB_DATA)")
+    p.add_argument("--steps", type=int, default=50, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows per row")
+    p.add_argument("--warmup", type=int, default=15, help="untimed steps first (compiling)")
+    p.add_argument("--typical-batch", type=int, default=128)
+    p.add_argument("--timm-batch", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1024, help="batch of the vitlib rows")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers (typical row)")
+    p.add_argument("--attention", default="auto",
+                   help="kernel of the fast row: auto (fastest correct one measured here), "
+                   f"default (PyTorch's choice) or one of {', '.join(ATTENTION_BACKENDS)}")
+    p.add_argument("--fast-compile-mode", default="reduce-overhead",
+                   help="torch.compile mode of the fast row (reduce-overhead: CUDA graphs)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile in the timm, compiled and fast rows (default: on CUDA)")
+    p.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure matrix-product rate and bandwidth first (default: on CUDA)")
+    p.add_argument("--deadline", type=float, help="skip rows that would start after this "
+                   "many seconds (keeps a time-limited run from losing the table)")
+    p.add_argument("--json", help="write the results here; rows already in the file are kept "
+                   "(same name: replaced), so several runs fill one table")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny model, made-up data, 2 steps per row: checks that it all runs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows_wanted) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if args.device == "auto" else args.device)
+    on_cuda = device.type == "cuda"
+    use_compile = on_cuda if args.compile is None else args.compile
+    overrides = SMOKE_MODEL if args.smoke else {}
+    config = get_config(args.preset, **overrides)
+    if args.smoke:
+        args.steps, args.repeats, args.warmup, args.workers = 2, 1, 1, 0
+        args.typical_batch = args.timm_batch = args.batch_size = 16
+
+    name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
+    print(f"device: {name} · torch {torch.__version__} · {_timm_version()}")
+    loaded = time.perf_counter()
+    if args.data == "synthetic" or (args.smoke and args.data is None):
+        data = synthetic_cifar(n_train=256, n_test=16)
+    else:
+        data = load_cifar10(args.data, progress=False)
+    print(f"data: {len(data.train)} training images loaded in {time.perf_counter() - loaded:.1f} s")
+    train_flops = 3 * flops_per_image(config)
+    print(f"model: ViT d={config.embed_dim} depth={config.depth} heads={config.num_heads} "
+          f"mlp×{config.mlp_ratio:g} patch={config.patch_size} "
+          f"({count_parameters(ViT(config)) / 1e6:.2f} M parameters), "
+          f"{train_flops / 1e9:.2f} GFLOP per training image (3 × forward matrix products)")
+
+    report: dict = {"device": name, "torch": torch.__version__, "rows": []}
+    if args.json and Path(args.json).is_file():
+        report = json.loads(Path(args.json).read_text())
+    peak = DATASHEET_BF16_TFLOPS.get(next((k for k in DATASHEET_BF16_TFLOPS if k in name), ""))
+    if on_cuda and (args.ceilings is None or args.ceilings):
+        report["ceilings"] = measure_ceilings(device)
+    if "ceilings" in report:
+        c = report["ceilings"]
+        print(f"ceilings measured: bf16 matrix products {c['matmul_tflops']:.0f} TFLOP/s, "
+              f"copy {c['copy_tbps']:.2f} TB/s")
+        peak = c["matmul_tflops"]
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+    attention = None if args.attention == "default" else args.attention
+    if "fast" in rows_wanted and attention == "auto":
+        heads, tokens = config.num_heads, config.num_tokens
+        timings = time_attention(args.batch_size, heads, tokens, config.embed_dim // heads, device)
+        listed = ", ".join(f"{k} {v['ms']:.2f} ms (error {v['error']:.1e})" if v else f"{k} n/a"
+                           for k, v in timings.items())
+        attention = pick_attention(timings)
+        report["attention"] = {"timings": timings, "choice": attention}
+        print(f"attention forward+backward, {args.batch_size}×{heads} heads×{tokens} tokens: "
+              f"{listed} -> {attention}")
+        save()
+
+    rows = {r["name"]: Row(**r) for r in report["rows"]}
+    for row in rows_wanted:
+        if args.deadline is not None and time.perf_counter() - started > args.deadline:
+            print(f"{row}: skipped, past the {args.deadline:.0f} s deadline")
+            continue
+        if row == "timm" and not _timm_version().startswith("timm "):
+            print("timm: skipped, timm is not installed (pip install timm)")
+            continue
+        try:
+            result = measure_row(row, config, data.train, device, args, use_compile, attention)
+        except Exception:  # one broken row must not cost the others
+            print(f"{row}: failed", flush=True)
+            traceback.print_exc()
+            continue
+        finally:
+            if on_cuda:
+                torch.cuda.empty_cache()
+        rows[row] = result
+        print(f"{row}: {result.images_per_s:,.0f} images/s (batch {result.batch_size}, "
+              f"warm-up {result.warmup_s:.1f} s)", flush=True)
+        report["rows"] = [asdict(r) for r in rows.values()]
+        save()
+
+    ordered = [rows[n] for n in ROWS if n in rows]
+    print()
+    print(format_table(ordered, train_flops, peak))
+    if peak:
+        source = "measured here" if "ceilings" in report else "datasheet"
+        print(f"MFU: matrix-product FLOPs per second over {peak:.0f} TFLOP/s bf16 ({source})")
+    return 0
+
+
+def _timm_version() -> str:
+    try:
+        import timm
+    except ImportError:
+        return "timm not installed (no timm row)"
+    return f"timm {timm.__version__}"
