@@ -1,0 +1,232 @@
+"""Each exercise check of notebooks 04-06 passes a right answer and fails wrong ones with a hint."""
+
+import math
+
+import pytest
+import torch
+
+from vitlib import ViTConfig
+from vitlib.exercises import ch04, ch05, ch06
+
+
+def passes(result) -> bool:
+    return result.passed and "well done" in result.message
+
+
+def fails_with_hint(result) -> bool:
+    return not result.passed and "Hint:" in result.message
+
+
+# --- 04: position embeddings ----------------------------------------------------------------
+
+
+def sincos_right(positions, dim):
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2) / (dim / 2))
+    angles = positions.float()[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_interleaved(positions, dim):
+    return sincos_right(positions, dim).view(-1, 2, dim // 2).transpose(1, 2).reshape(-1, dim)
+
+
+def sincos_cos_first(positions, dim):
+    return sincos_right(positions, dim).roll(dim // 2, dims=1)
+
+
+def sincos_full_dim_exponent(positions, dim):
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2) / dim)
+    angles = positions.float()[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+@pytest.mark.parametrize("wrong", [sincos_interleaved, sincos_cos_first, sincos_full_dim_exponent])
+def test_sincos_1d(wrong):
+    assert passes(ch04.check_sincos_1d(sincos_right, quiet=True))
+    assert fails_with_hint(ch04.check_sincos_1d(wrong, quiet=True))
+
+
+def equivariant_right(f, x):
+    perm = torch.randperm(x.shape[1])
+    return torch.allclose(f(x[:, perm]), f(x)[:, perm], atol=1e-5)
+
+
+def invariant_instead(f, x):
+    perm = torch.randperm(x.shape[1])
+    return torch.allclose(f(x[:, perm]), f(x), atol=1e-5)
+
+
+def test_permutation_equivariance():
+    assert passes(ch04.check_permutation_equivariance(equivariant_right, quiet=True))
+    assert fails_with_hint(ch04.check_permutation_equivariance(invariant_instead, quiet=True))
+    always = ch04.check_permutation_equivariance(lambda f, x: True, quiet=True)
+    assert fails_with_hint(always) and "right answer is False" in always.message
+    none = ch04.check_permutation_equivariance(lambda f, x: None, quiet=True)
+    assert fails_with_hint(none) and "True or False" in none.message
+
+
+def resized_right(shape, new_image_size, patch_size, num_prefix_tokens):
+    grid = new_image_size // patch_size
+    return (shape[0], num_prefix_tokens + grid * grid, shape[2])
+
+
+def resized_without_prefix(shape, new_image_size, patch_size, num_prefix_tokens):
+    return (shape[0], (new_image_size // patch_size) ** 2, shape[2])
+
+
+def resized_linear(shape, new_image_size, patch_size, num_prefix_tokens):
+    return (shape[0], num_prefix_tokens + new_image_size // patch_size, shape[2])
+
+
+@pytest.mark.parametrize("wrong", [resized_without_prefix, resized_linear])
+def test_resized_shape(wrong):
+    assert passes(ch04.check_resized_shape(resized_right, quiet=True))
+    assert fails_with_hint(ch04.check_resized_shape(wrong, quiet=True))
+
+
+# --- 05: the encoder block ------------------------------------------------------------------
+
+
+def layer_norm_right(x, weight, bias, eps):
+    dims = tuple(range(-weight.ndim, 0))
+    mean = x.mean(dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_unbiased(x, weight, bias, eps):
+    dims = tuple(range(-weight.ndim, 0))
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_eps_outside(x, weight, bias, eps):
+    dims = tuple(range(-weight.ndim, 0))
+    mean = x.mean(dims, keepdim=True)
+    std = x.std(dims, unbiased=False, keepdim=True)
+    return (x - mean) / (std + eps) * weight + bias
+
+
+def layer_norm_last_dim_only(x, weight, bias, eps):
+    mean = x.mean(-1, keepdim=True)
+    var = x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+@pytest.mark.parametrize(
+    "wrong", [layer_norm_unbiased, layer_norm_eps_outside, layer_norm_last_dim_only]
+)
+def test_layer_norm(wrong):
+    assert passes(ch05.check_layer_norm(layer_norm_right, quiet=True))
+    assert fails_with_hint(ch05.check_layer_norm(wrong, quiet=True))
+
+
+def block_parameters_right(dim, mlp_hidden, qkv_bias):
+    norms = 2 * 2 * dim
+    attention = dim * 3 * dim + (3 * dim if qkv_bias else 0) + dim * dim + dim
+    mlp = dim * mlp_hidden + mlp_hidden + mlp_hidden * dim + dim
+    return norms + attention + mlp
+
+
+def test_block_parameters():
+    assert passes(ch05.check_block_parameters(block_parameters_right, quiet=True))
+    no_norms = ch05.check_block_parameters(lambda d, h, b: block_parameters_right(d, h, b) - 4 * d,
+                                           quiet=True)
+    assert fails_with_hint(no_norms) and "too few" in no_norms.message
+    always_bias = ch05.check_block_parameters(
+        lambda d, h, b: block_parameters_right(d, h, True), quiet=True)
+    assert fails_with_hint(always_bias) and "too many" in always_bias.message
+    as_float = ch05.check_block_parameters(lambda d, h, b: float(block_parameters_right(d, h, b)),
+                                           quiet=True)
+    assert fails_with_hint(as_float) and "int" in as_float.message
+
+
+def pre_norm_right(x, norm1, attn, norm2, mlp):
+    x = x + attn(norm1(x))
+    return x + mlp(norm2(x))
+
+
+def post_norm(x, norm1, attn, norm2, mlp):
+    x = norm1(x + attn(x))
+    return norm2(x + mlp(x))
+
+
+def no_residual(x, norm1, attn, norm2, mlp):
+    return mlp(norm2(attn(norm1(x))))
+
+
+def norms_swapped(x, norm1, attn, norm2, mlp):
+    x = x + attn(norm2(x))
+    return x + mlp(norm1(x))
+
+
+@pytest.mark.parametrize("wrong", [post_norm, no_residual, norms_swapped])
+def test_residual_block(wrong):
+    assert passes(ch05.check_residual_block(pre_norm_right, quiet=True))
+    assert fails_with_hint(ch05.check_residual_block(wrong, quiet=True))
+
+
+# --- 06: the whole model --------------------------------------------------------------------
+
+
+def vit_size_right(c: ViTConfig):
+    tokens = (c.image_size // c.patch_size) ** 2 + (c.pool == "cls")
+    D, hidden = c.embed_dim, int(c.embed_dim * c.mlp_ratio)
+    block = block_parameters_right(D, hidden, c.qkv_bias)
+    params = c.in_chans * c.patch_size**2 * D + D  # patch projection
+    params += D if c.pool == "cls" else 0  # class token
+    params += tokens * D if c.pos_embed == "learned" else 0  # position table
+    params += c.depth * block + 2 * D  # blocks, final LayerNorm
+    params += D * c.num_classes + c.num_classes  # head (none when num_classes = 0)
+    return tokens, params
+
+
+def vit_size_sincos_counted(c: ViTConfig):
+    tokens, params = vit_size_right(c)
+    return tokens, params + (tokens * c.embed_dim if c.pos_embed == "sincos" else 0)
+
+
+def vit_size_no_cls(c: ViTConfig):
+    tokens, params = vit_size_right(c)
+    return (c.image_size // c.patch_size) ** 2, params
+
+
+@pytest.mark.parametrize("wrong", [vit_size_sincos_counted, vit_size_no_cls])
+def test_vit_size(wrong):
+    assert passes(ch06.check_vit_size(vit_size_right, quiet=True))
+    assert fails_with_hint(ch06.check_vit_size(wrong, quiet=True))
+    single = ch06.check_vit_size(lambda c: vit_size_right(c)[1], quiet=True)
+    assert fails_with_hint(single) and "pair" in single.message
+
+
+def pool_right(tokens, kind):
+    return tokens[:, 0] if kind == "cls" else tokens.mean(dim=1)
+
+
+def pool_last_token(tokens, kind):
+    return tokens[:, -1] if kind == "cls" else tokens.mean(dim=1)
+
+
+def pool_channels(tokens, kind):
+    return tokens[:, 0] if kind == "cls" else tokens.mean(dim=-1)
+
+
+@pytest.mark.parametrize("wrong", [pool_last_token, pool_channels])
+def test_pooling(wrong):
+    assert passes(ch06.check_pooling(pool_right, quiet=True))
+    assert fails_with_hint(ch06.check_pooling(wrong, quiet=True))
+
+
+def flops_growth_right(c: ViTConfig):
+    def flops(patch_size):
+        n = (c.image_size // patch_size) ** 2
+        t, d, h = n + (c.pool == "cls"), c.embed_dim, int(c.embed_dim * c.mlp_ratio)
+        per_block = 2 * t * d * (4 * d + 2 * h) + 4 * t * t * d
+        return 2 * n * c.in_chans * patch_size**2 * d + c.depth * per_block
+    return flops(c.patch_size // 2) / flops(c.patch_size)
+
+
+def test_flops_growth():
+    assert passes(ch06.check_flops_growth(flops_growth_right, quiet=True))
+    for guess in (4.0, 16.0, math.nan):
+        assert fails_with_hint(ch06.check_flops_growth(lambda c, g=guess: g, quiet=True))
