@@ -2,6 +2,7 @@
 
 from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
 from .augment import Augment, AugmentConfig
+from .checkpoint import load_model
 from .data import CIFAR10, Split, load_cifar10, synthetic_cifar, train_val_split
 from .interop import (
     detect_format,
@@ -26,6 +27,7 @@ from .model import (
 )
 from .patches import PatchEmbed, patchify, unpatchify
 from .position import resize_pos_embed, sincos_1d, sincos_2d
+from .train import History, TrainConfig, evaluate
 
 __version__ = "0.1.0"
 
@@ -34,17 +36,20 @@ __all__ = [
     "AugmentConfig",
     "CIFAR10",
     "EncoderBlock",
+    "History",
     "MLP",
     "MultiHeadSelfAttention",
     "PRESETS",
     "PatchEmbed",
     "Split",
+    "TrainConfig",
     "ViT",
     "ViTConfig",
     "config_dict",
     "count_parameters",
     "create_model",
     "detect_format",
+    "evaluate",
     "flops_per_image",
     "from_hf",
     "from_timm",
@@ -52,6 +57,7 @@ __all__ = [
     "get_config",
     "load_cifar10",
     "load_google_npz",
+    "load_model",
     "load_pretrained",
     "load_state_dict_checked",
     "patchify",
