@@ -54,8 +54,9 @@ ATTENTION=$($PY -c "import json; print(json.load(open('$OUT/bench.json'))['atten
 ATTENTION_FLAG=()
 [ -n "$ATTENTION" ] && ATTENTION_FLAG=(--attention "$ATTENTION")
 
-# 120 s of training when the time left allows it (about 40 s go to start-up, compilation
-# from the cache of step 1, calibration and evaluation), else what is left
+# 120 s of training when the time left allows it (about 40 s go to start-up, compilation,
+# perhaps from the cache of step 1, about 10 validations and checkpoints, and the final
+# scoring of raw/EMA weights with and without flip), else what is left
 budget() { local b=$(($(left) - 40)); [ "$b" -gt "$1" ] && b=$1; echo "$b"; }
 run tta120 75 190 $PY benchmarks/time_to_accuracy.py --recipe cifar_fast \
     --budget "$(budget 120)" "${ATTENTION_FLAG[@]}" --json "$OUT/tta120.json" "${SMOKE[@]}"

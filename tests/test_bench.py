@@ -58,17 +58,43 @@ def test_attention_timings_check_every_kernel_against_float64():
         bench.pick_attention({"flash": None})
 
 
-def test_time_to_accuracy_smoke_reports_a_curve_and_a_final_choice(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def script():
+    """benchmarks/time_to_accuracy.py, imported as a module."""
     spec = importlib.util.spec_from_file_location(
         "time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
+    script, tmp_path, capsys
+):
     out = tmp_path / "tta.json"
-    assert script.main(["--smoke", "--json", str(out)]) == 0
+    assert script.main(["--smoke", "--seeds", "2", "--out", str(tmp_path / "runs"),
+                        "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [p["step"] for p in result["curve"]] == [2, 4]
-    assert set(result["final"]) == {"model", "model+flip", "ema", "ema+flip"}
-    assert result["chosen"] == max(result["final"], key=lambda k: result["final"][k]["val"])
-    for scores in result["final"].values():
-        assert 0 <= scores["val"] <= 1 and 0 <= scores["test"] <= 1
-    assert "RESULT recipe cifar_fast" in capsys.readouterr().out
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    for run in result["runs"]:
+        assert [p["epoch"] for p in run["curve"]] == [1, 2]  # validated every epoch
+        assert run["curve"][0]["time_s"] <= run["curve"][1]["time_s"] == round(run["train_s"], 2)
+        assert set(run["final"]) == {"model", "model+flip", "ema", "ema+flip"}
+        assert run["chosen"] == max(run["final"], key=lambda k: run["final"][k]["val"])
+        assert run["test_acc"] == run["final"][run["chosen"]]["test"]
+        for scores in run["final"].values():
+            assert 0 <= scores["val"] <= 1 and 0 <= scores["test"] <= 1
+        assert (tmp_path / "runs" / f"seed_{run['seed']}" / "checkpoint.pt").is_file()
+    accs = [run["test_acc"] for run in result["runs"]]
+    assert result["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert result["test_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    printed = capsys.readouterr().out
+    assert "RESULT recipe cifar_fast seed 1: test" in printed
+    assert "RESULT recipe cifar_fast: test" in printed and "over 2 seeds" in printed
+
+
+def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
+    _, config = script.settings(script.build_parser().parse_args(
+        ["--budget", "60", "--compile-mode", "none", "--attention", "math"]))
+    assert config.time_budget_s == 60 and config.eval_every == 10  # recipe: 120 s, every 20
+    assert not config.compile and config.fast_step and config.attention == "math"

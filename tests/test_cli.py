@@ -53,6 +53,15 @@ def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
     assert state["progress"]["epoch"] == 2 and state["train_config"]["epochs"] == 2
 
 
+def test_named_recipe_with_flags_on_top(tmp_path, capsys):
+    args = [*SMOKE, "--recipe", "cifar_fast", "--precision", "fp32", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "test acc" in capsys.readouterr().out
+    config = load_checkpoint(tmp_path)["train_config"]
+    assert config["fast_step"] and config["batch_size"] == 64  # the recipe, then --smoke
+    assert config["augment"]["mixup_alpha"] == 0.8 and not config["compile"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -210,6 +210,56 @@ def test_bad_settings_are_explained(data, tmp_path):
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
+def test_fast_step_trains_like_the_plain_step_on_a_cpu(data):
+    plain = train(MODEL, config(None), data)
+    fast = train(MODEL, config(None, fast_step=True, precision="fp32"), data)
+    assert fast.stop_reason == "epochs" and len(fast.epochs) == 2
+    assert all(math.isfinite(r["train_loss"]) for r in fast.epochs)
+    for a, b in zip(fast.epochs, plain.epochs, strict=True):  # same data, same fp32 math
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    assert fast.test_acc is not None and fast.compile_s == 0.0  # nothing compiled
+
+
+def test_fast_step_refuses_fp16_and_several_processes(data):
+    with pytest.raises(ValueError, match="fast_step runs in bf16 or fp32, not fp16"):
+        config(None, fast_step=True, precision="fp16")
+    two = train_module._Process(rank=0, world_size=2, device=torch.device("cpu"),
+                                owns_group=False)
+    with pytest.raises(ValueError, match="fast_step trains in one process.*fast_step=False"):
+        train_module._Run(MODEL, config(None, fast_step=True), data, two)
+    with pytest.raises(ValueError, match="attention must be None"):
+        config(None, fast_step=True, attention="fastest")
+
+
+def test_checkpoints_follow_eval_every(data, tmp_path, monkeypatch):
+    saved = []
+    real_save = train_module.save_checkpoint
+
+    def save(state, path):
+        saved.append(state["progress"]["epoch"])
+        real_save(state, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    history = train(MODEL, config(tmp_path, epochs=3, eval_every=2), data)
+    assert saved == [2, 3, 3]  # epoch 2 (validated), epoch 3 (the last), after the test
+    assert [r["val_acc"] is not None for r in history.epochs] == [False, True, True]
+
+
+def test_named_recipes():
+    preset, fast = train_module.get_recipe("cifar_fast")
+    assert preset == "vit_cifar_tiny" and fast.fast_step and fast.compile
+    assert (fast.batch_size, fast.lr, fast.time_budget_s) == (1024, 2e-3, 120)
+    assert fast.augment.mixup_alpha == 0.8 and fast.augment.mix_prob == 0.5
+    fast.augment.num_ops = 5  # a copy: the recipe itself stays as it was
+    assert train_module.get_recipe("cifar_fast")[1].augment.num_ops == 1
+    short = train_module.get_recipe("cifar_fast_30")[1]
+    assert short.time_budget_s == 30 and not short.augment.mixing and short.ema_decay == 0.998
+    assert train_module.recipe("cpu") == train_module.get_recipe("cpu")
+    with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose one of"):
+        train_module.get_recipe("fastest")
+
+
 def test_learning_rate_warms_up_linearly_then_follows_the_cosine():
     c = TrainConfig(lr=1.0, min_lr_ratio=0.1)
     assert learning_rate(c, 0, 10, 0.0) == pytest.approx(0.1)

@@ -1,6 +1,7 @@
 """Command line: ``python -m vitlib train | eval | bench``.
 
     python -m vitlib train                      # the recipe for this machine (GPU or CPU)
+    python -m vitlib train --recipe cifar_fast  # a named recipe (vitlib.train.RECIPES)
     python -m vitlib train --smoke              # a tiny run in seconds, on made-up images
     python -m vitlib train --epochs 50 --out runs/mine
     python -m vitlib train --resume runs/mine   # continue where it stopped
@@ -20,13 +21,15 @@ import sys
 
 import torch
 
+from .fast import ATTENTION_BACKENDS
 from .model import PRESETS, ViTConfig, get_config
+from .train import RECIPES
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
     "epochs": 1, "batch_size": 64, "warmup_epochs": 0.0, "val_size": 64,
     "max_train_samples": 256, "max_eval_samples": 128, "progress": False,
-    "time_budget_s": None, "out_dir": "runs/smoke",
+    "time_budget_s": None, "eval_every": 1, "compile": False, "out_dir": "runs/smoke",
 }
 SYNTHETIC = {"n_train": 512, "n_test": 256, "seed": 0}  # the made-up data of --data synthetic
 
@@ -36,7 +39,8 @@ TRAIN_FLAGS = {
     "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
     "min_lr_ratio": "min_lr_ratio", "label_smoothing": "label_smoothing",
     "grad_clip": "grad_clip", "ema_decay": "ema_decay", "precision": "precision",
-    "compile": "compile", "seed": "seed", "val_size": "val_size", "eval_every": "eval_every",
+    "compile": "compile", "compile_mode": "compile_mode", "fast_step": "fast_step",
+    "attention": "attention", "seed": "seed", "val_size": "val_size", "eval_every": "eval_every",
     "threads": "num_threads", "device": "device", "out": "out_dir",
     "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
 }
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a ViT on CIFAR-10. With no flags: the recipe for this machine "
         "(vit_cifar_tiny on a GPU; vit_cifar_cpu for 5 minutes on a CPU). Flags override it.",
     )
+    t.add_argument("--recipe", choices=list(RECIPES),
+                   help="named settings (default: gpu on a GPU, else cpu)")
     t.add_argument("--preset", choices=list(PRESETS), help="model preset")
     t.add_argument("--drop-path", type=float, help="stochastic depth rate of the model")
     t.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
@@ -78,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
     t.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    t.add_argument("--compile-mode", help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    t.add_argument("--fast-step", action=argparse.BooleanOptionalAction,
+                   help="bf16 weights and activations in one compiled step (one process)")
+    t.add_argument("--attention", choices=list(ATTENTION_BACKENDS),
+                   help="attention kernel of the fast step (default: PyTorch's choice)")
     t.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop after this much training time, lr schedule fitted (0 = no limit)")
     t.add_argument("--seed", type=int)
@@ -140,9 +151,9 @@ def _device(name: str | None) -> torch.device:
 
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from .train import TrainConfig, recipe, train
+    from .train import TrainConfig, get_recipe, recipe, train
 
-    preset, config = recipe(_device(args.device))
+    preset, config = get_recipe(args.recipe) if args.recipe else recipe(_device(args.device))
     model_overrides: dict = {}
     if args.smoke:
         config = dataclasses.replace(config, **SMOKE_TRAIN)

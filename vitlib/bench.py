@@ -42,7 +42,7 @@ from .train import TrainConfig, make_optimizer
 ROWS = ("typical", "timm", "compiled", "fast")
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16, SXM parts
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
-# the fast row's loss options, as in benchmarks/time_to_accuracy.py (same compiled graph)
+# the fast row's loss options, as in the recipe cifar_fast of vitlib.train.RECIPES (same graph)
 FAST_RECIPE_LOSS = {"label_smoothing": 0.1, "grad_clip": 1.0}
 
 
