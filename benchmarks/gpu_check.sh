@@ -5,6 +5,7 @@
 #   3. throughput: timm row
 #   4. time to accuracy, recipe cifar_fast_30 (30 s of training)
 #   5. throughput: compiled row
+#   6. augmentation alone, eager and compiled (the cifar_fast setting)
 # Logs (steps.log) and JSON land in $OUT (default runs/gpu_check). From the repository root:
 #   VITLIB_DATA=path/to/cifar10 bash benchmarks/gpu_check.sh            # on the GPU machine
 #   bash benchmarks/gpu_check.sh --cpu-smoke                            # the same steps, tiny
@@ -72,6 +73,8 @@ run tta30 65 75 $PY benchmarks/time_to_accuracy.py --recipe cifar_fast_30 \
     "${ATTENTION_FLAG[@]}" --json "$OUT/tta30.json" "${SMOKE[@]}"
 run bench_compiled 55 70 $PY -m vitlib bench --rows compiled --json "$OUT/bench.json" \
     --no-ceilings "${SMOKE[@]}"
+
+run augment 45 60 $PY benchmarks/augment_speed.py --setting cifar_fast --steps 20 "${SMOKE[@]}"
 
 echo "== summary after $((SECONDS - START)) s"
 $PY -m vitlib bench --rows "" --json "$OUT/bench.json" --no-ceilings "${SMOKE[@]}" 2>&1 \

@@ -12,6 +12,7 @@ from vitlib.augment import (
     OPS,
     Augment,
     AugmentConfig,
+    Uniforms,
     _apply_ops,
     mixup_cutmix,
     normalize,
@@ -74,6 +75,39 @@ def test_seeded_determinism():
                lambda g: trivial_augment(images.float() / 255, g)):
         assert torch.equal(fn(generator(3)), fn(generator(3)))
         assert not torch.equal(fn(generator(3)), fn(generator(4)))
+
+
+def test_a_batch_draws_once_and_the_rest_is_one_graph():
+    images, labels = uint8_batch(8), torch.arange(8) % 10
+    augment = Augment(EVERYTHING, seed=0)
+    n = augment.num_draws(images[:1], labels[:1], 10)
+    assert n > 20  # crop, flip, 2 ops, mixing (Beta samples), erasing
+    draws = torch.rand(8, n, generator=generator(5))
+    # fullgraph=True: tracing fails at the first graph break (a generator inside would be one)
+    traced = torch.compile(augment.apply, backend="eager", fullgraph=True)
+    for got, want in zip(traced(images, labels, draws, 10), augment.apply(images, labels,
+                                                                          draws, 10), strict=True):
+        assert torch.equal(got, want)
+    # __call__ = one draw of (B, n) numbers from the seeded generator, then apply
+    want = augment.apply(images, labels, torch.rand(8, n, generator=generator(0)), 10)
+    for got, expected in zip(Augment(EVERYTHING, seed=0)(images, labels, 10), want, strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_uniforms_hand_out_columns_and_say_when_they_run_out():
+    values = torch.arange(12.0).view(3, 4) / 12  # (B=3, K=4)
+    u = Uniforms(values)
+    assert torch.equal(u.take(3), values[:, 0])
+    assert torch.equal(u.take(6), values[:, 1:3].T.reshape(-1))
+    with pytest.raises(ValueError, match="whole columns of 3 numbers, not 4"):
+        u.take(4)
+    with pytest.raises(ValueError, match="only 4 columns"):
+        u.take(6)
+    flips = random_flip(uint8_batch(3), Uniforms(torch.tensor([[0.1], [0.9], [0.4]])))
+    assert torch.equal(flips, torch.stack([uint8_batch(3)[0].flip(-1), uint8_batch(3)[1],
+                                           uint8_batch(3)[2].flip(-1)]))
+    betas = sample_beta(0.5, 4000, Uniforms(torch.rand(4000, 40, generator=generator(1))))
+    assert abs(betas.mean().item() - 0.5) < 0.02 and abs(betas.var().item() - 0.125) < 0.01
 
 
 def test_bad_input_is_explained():

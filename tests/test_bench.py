@@ -98,3 +98,16 @@ def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
         ["--budget", "60", "--compile-mode", "none", "--attention", "math"]))
     assert config.time_budget_s == 60 and config.eval_every == 10  # recipe: 120 s, every 20
     assert not config.compile and config.fast_step and config.attention == "math"
+
+
+def test_augment_speed_smoke_prints_a_row_per_setting(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "augment_speed", ROOT / "benchmarks" / "augment_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--smoke", "--device", "cpu", "--setting", "crop + flip",
+                 "--setting", "cifar_fast"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("crop", "cifar_fast"))]
+    assert len(rows) == 2 and all(row[-4] == "eager" for row in rows)
+    assert all(float(row[-1]) > 0 and float(row[-2].replace(",", "")) > 0 for row in rows)

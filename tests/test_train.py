@@ -5,6 +5,7 @@ import math
 import os
 import re
 import signal
+import types
 from dataclasses import replace
 
 import pytest
@@ -180,12 +181,17 @@ def test_resume_from_a_missing_checkpoint_is_refused(data, tmp_path):
         train(MODEL, config(tmp_path), data, resume=tmp_path / "missing.pt")
 
 
-def test_time_budget_stops_training_and_finishes_the_schedule(data, tmp_path):
+def test_time_budget_stops_training_and_finishes_the_schedule(data, tmp_path, monkeypatch):
+    # a clock that moves 0.05 s per reading (the trainer reads it every SYNC_EVERY steps), so
+    # the test does not depend on the speed of the machine
+    readings = iter(range(10**6))
+    clock = types.SimpleNamespace(perf_counter=lambda: 0.05 * next(readings))
+    monkeypatch.setattr(train_module, "time", clock)
     history = train(MODEL, config(tmp_path, epochs=10_000, time_budget_s=0.5), data)
     assert history.stop_reason == "time budget"
     last = history.epochs[-1]
     assert last["train_time_s"] >= 0.5
-    assert last["step"] < 10_000 * 25
+    assert 50 <= last["step"] <= 200  # about 10 readings of 10 steps each, not 10,000 epochs
     assert last["lr"] <= 2e-3 * 0.5  # the cosine was fitted to the budget, not to 10,000 epochs
     assert history.test_acc is not None
 
@@ -322,3 +328,74 @@ def test_a_small_vit_really_learns_cifar10(tmp_path):
         out_dir=str(tmp_path), progress=False, quiet=True,
     ), cifar)
     assert history.test_acc > 0.28, history.test_acc
+
+
+def test_layer_decay_scales_the_learning_rate_by_depth(data):
+    model = ViT(replace(MODEL, depth=3, pool="cls"))
+    scales = train_module.lr_scales(model, 0.5)
+    assert scales["head.weight"] == scales["norm.weight"] == 1.0
+    for i in range(3):
+        assert scales[f"blocks.{i}.attn.qkv.weight"] == 0.5 ** (3 - i)
+    assert scales["patch_embed.proj.weight"] == scales["pos_embed"] == scales["cls_token"] == 0.5**4
+    optimizer = make_optimizer(model, TrainConfig(layer_decay=0.5))
+    for group in optimizer.param_groups:  # one scale and one decay setting per group
+        ids = {id(p) for p in group["params"]}
+        assert {scales[n] for n, p in model.named_parameters() if id(p) in ids} == {
+            group["lr_scale"]}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(scales)
+
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(replace(MODEL, depth=3), config(None, layer_decay=0.5), data, one)
+    run._train_step(run.images[:16], run.labels[:16])
+    assert run.lr > 0
+    lrs = sorted({group["lr"] / run.lr for group in run.optimizer.param_groups})
+    assert lrs == pytest.approx([0.5**4, 0.5**3, 0.5**2, 0.5, 1.0])
+
+
+def test_layer_decay_and_frozen_models_are_explained(data):
+    with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
+        TrainConfig(layer_decay=1.5)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    with pytest.raises(ValueError, match="layer_decay needs a vitlib ViT.*Sequential"):
+        make_optimizer(cnn, TrainConfig(layer_decay=0.7))
+    with pytest.raises(ValueError, match="BatchNorm.*fast_step=False"):
+        train(cnn, config(None, fast_step=True, precision="fp32"), data)
+    frozen = ViT(MODEL).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters.*unfreeze"):
+        train(frozen, config(None), data)
+    with pytest.raises(TypeError, match="ViTConfig or an nn.Module"):
+        train("vit_cifar_tiny", config(None), data)
+
+
+def test_a_module_is_fine_tuned_in_place_with_frozen_parts_left_alone(data, tmp_path):
+    model = ViT(MODEL)
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)  # a linear probe
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = train(model, config(tmp_path, epochs=1, ema_decay=0.0), data)
+    assert history.test_acc is not None
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]) != key.startswith("head."), key
+    assert evaluate(load_model(tmp_path), data.test)["acc"] == history.test_acc  # a ViT: rebuilt
+
+
+def test_another_architecture_trains_and_checkpoints_but_is_not_a_vit(data, tmp_path):
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 10))
+    history = train(cnn, config(tmp_path, epochs=1, ema_decay=0.0), data)
+    assert math.isfinite(history.epochs[-1]["train_loss"])
+    state = load_checkpoint(tmp_path)
+    assert state["model_config"] is None and state["model_class"] == "Sequential"
+    assert torch.equal(state["model"]["0.weight"], cnn[0].weight.detach())
+    with pytest.raises(ValueError, match="Sequential that is not a vitlib ViT.*load_state_dict"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="holds a Sequential, but this run trains a ViT"):
+        train(MODEL, config(tmp_path, epochs=2), data, resume=tmp_path)
+    train(cnn, config(tmp_path, epochs=2, ema_decay=0.0), data, resume=tmp_path)  # resumes
+    assert load_checkpoint(tmp_path)["progress"]["epoch"] == 2

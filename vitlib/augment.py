@@ -3,6 +3,8 @@
 Every function draws one set of random parameters per image from a ``torch.Generator`` on the
 images' device and applies them with fixed-shape tensor operations: no Python loop over
 images and no host-device synchronisation, so it keeps up with a GPU training step.
+``Augment`` draws all of a batch's random numbers in one call and hands them out as
+``Uniforms``; what remains is a pure function that ``torch.compile`` turns into one graph.
 
     uint8 (B, 3, H, W) -> random crop -> flip -> TrivialAugment-style ops -> mixup / cutmix
                        -> normalise -> random erasing -> float (B, 3, H, W) + targets
@@ -68,7 +70,34 @@ class AugmentConfig:
 
 # --- random numbers, one per image ----------------------------------------------------------
 
-def _check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+class Uniforms:
+    """Uniform numbers in [0, 1) drawn ahead, (B, K), handed out a column (one per image) at a
+    time. Every function here takes one in place of a ``torch.Generator``."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values, self.used = values, 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def take(self, n: int) -> Tensor:
+        """The next ``n`` numbers as (n,); ``n`` is a multiple of the batch size B."""
+        B, K = self.values.shape
+        if n % B:
+            raise ValueError(f"Uniforms hands out whole columns of {B} numbers, not {n}")
+        if self.used + n // B > K:
+            raise ValueError(f"only {K} columns of random numbers were drawn for this batch; "
+                             "draw as many as the augmentation uses")
+        out = self.values[:, self.used:self.used + n // B]  # (B, n / B)
+        self.used += n // B
+        return out.T.reshape(-1)
+
+
+RandomSource = torch.Generator | Uniforms | None
+
+
+def _check_generator(generator: RandomSource, device: torch.device) -> None:
     if generator is not None and generator.device.type != torch.device(device).type:
         raise ValueError(
             f"the generator is on {generator.device} but the images are on {device}; "
@@ -76,15 +105,25 @@ def _check_generator(generator: torch.Generator | None, device: torch.device) ->
         )
 
 
-def _rand(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+def _rand(n: int, device: torch.device, generator: RandomSource) -> Tensor:
     """(n,) uniform numbers in [0, 1) on ``device``."""
     _check_generator(generator, device)
+    if isinstance(generator, Uniforms):
+        return generator.take(n)
     return torch.rand(n, device=device, generator=generator)
 
 
-def _randint(high: Tensor | int, n: int, device: torch.device, generator) -> Tensor:
+def _randn(n: int, device: torch.device, generator: RandomSource) -> Tensor:
+    """(n,) standard normal numbers on ``device``."""
+    if isinstance(generator, Uniforms):  # the inverse of the normal CDF
+        return torch.special.ndtri(generator.take(n).clamp(1e-7, 1 - 1e-7))
+    _check_generator(generator, device)
+    return torch.randn(n, device=device, generator=generator)
+
+
+def _randint(high: Tensor | int, n: int, device: torch.device, generator: RandomSource) -> Tensor:
     """(n,) integers in [0, high), with one high per image or one for all."""
-    if isinstance(high, int):
+    if isinstance(high, int) and not isinstance(generator, Uniforms):
         _check_generator(generator, device)
         return torch.randint(high, (n,), device=device, generator=generator)
     return (_rand(n, device, generator) * high).long()
@@ -93,7 +132,7 @@ def _randint(high: Tensor | int, n: int, device: torch.device, generator) -> Ten
 def sample_beta(
     alpha: float,
     n: int,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """(n,) samples of Beta(α, α) drawn with ``generator`` (``torch.distributions`` cannot take
@@ -113,7 +152,7 @@ def _sample_gamma(alpha: float, n: int, device: torch.device, generator, tries: 
     shape = alpha + 1 if alpha < 1 else alpha
     d = shape - 1 / 3
     c = 1 / math.sqrt(9 * d)
-    z = torch.randn(n, tries, device=device, generator=generator)
+    z = _randn(n * tries, device, generator).view(n, tries)
     u = _rand(n * tries, device, generator).view(n, tries)
     v = (1 + c * z) ** 3
     accept = (v > 0) & (u.log() < 0.5 * z**2 + d - d * v + d * v.clamp_min(1e-12).log())
@@ -129,7 +168,7 @@ def _sample_gamma(alpha: float, n: int, device: torch.device, generator, tries: 
 def random_crop(
     images: Tensor,
     padding: int,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     padding_mode: str = "reflect",
 ) -> Tensor:
     """Pad each image by ``padding`` on all sides and crop back to its size at a random offset:
@@ -157,7 +196,7 @@ def random_crop(
     return out if padding_mode == "reflect" else out * inside[:, None]
 
 
-def random_flip(images: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
+def random_flip(images: Tensor, generator: RandomSource = None, p: float = 0.5) -> Tensor:
     """Mirror each image left-right with probability p."""
     flip = _rand(len(images), images.device, generator) < p
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
@@ -167,7 +206,7 @@ def random_flip(images: Tensor, generator: torch.Generator | None = None, p: flo
 
 def trivial_augment(
     images: Tensor,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     num_ops: int = 1,
     magnitude: float = 1.0,
 ) -> Tensor:
@@ -278,7 +317,7 @@ def mixup_cutmix(
     cutmix_alpha: float = 0.0,
     prob: float = 1.0,
     switch_prob: float = 0.5,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> tuple[Tensor, Tensor]:
     """Mix each image with its partner in the reversed batch, by mixup (a weighted average) or
     cutmix (a pasted rectangle), and mix their one-hot labels by the same weight.
@@ -338,7 +377,7 @@ def _rectangles(top: Tensor, left: Tensor, height: Tensor, width: Tensor, H: int
 def random_erasing(
     images: Tensor,
     prob: float = 0.5,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     scale: tuple[float, float] = (0.02, 1 / 3),
     ratio: tuple[float, float] = (0.3, 3.3),
     value: float = 0.0,
@@ -398,10 +437,14 @@ class Augment:
         std: tuple[float, ...] = CIFAR10_STD,
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
+        compile: bool = False,
     ) -> None:
         self.config = config or AugmentConfig()
         self.mean, self.std, self.dtype, self.seed = mean, std, dtype, seed
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._num_draws: int | None = None  # random numbers per image, counted on first use
+        # the pure part as one graph: elementwise ops fused, launches cut from ~100 to a few
+        self._apply = torch.compile(self.apply, fullgraph=True) if compile else self.apply
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The seeded generator for ``device`` (None without a seed: torch's global one)."""
@@ -422,7 +465,30 @@ class Augment:
             )
         if c.mixing and num_classes is None:
             raise ValueError("mixup/cutmix need num_classes to build soft targets; pass it")
+        if self._num_draws is None:
+            self._num_draws = self.num_draws(images[:1], labels[:1], num_classes)
         g = self.generator(images.device)
+        _check_generator(g, images.device)
+        draws = torch.rand(len(images), self._num_draws, device=images.device, generator=g)
+        return self._apply(images, labels, draws, num_classes)
+
+    def num_draws(self, images: Tensor, labels: Tensor, num_classes: int | None = None) -> int:
+        """How many random numbers per image ``apply`` uses on batches shaped like this."""
+        probe = Uniforms(torch.full((len(images), 4096), 0.5, device=images.device))
+        self._augment(images, labels, probe, num_classes)
+        return probe.used
+
+    def apply(
+        self, images: Tensor, labels: Tensor, draws: Tensor, num_classes: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The augmentation of a batch given its random numbers ``draws``, (B, num_draws)
+        uniform in [0, 1): a pure function (what ``compile=True`` compiles)."""
+        return self._augment(images, labels, Uniforms(draws), num_classes)
+
+    def _augment(
+        self, images: Tensor, labels: Tensor, g: Uniforms, num_classes: int | None
+    ) -> tuple[Tensor, Tensor]:
+        c = self.config
         images = random_crop(images, c.crop_padding, g, c.padding_mode)
         if c.flip:
             images = random_flip(images, g)

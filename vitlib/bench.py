@@ -218,15 +218,18 @@ def typical_step(model: ViT, split: Split, batch_size: int, workers: int,
 
 
 class DeviceBatches:
-    """Random batches of the resident uint8 images, cropped and flipped on the device."""
+    """Random batches of the resident uint8 images, cropped and flipped on the device (the
+    crop and flip compiled with ``compile=True``, as the trainer does when it compiles)."""
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, split: Split, batch_size: int, device: torch.device, seed: int = 0,
+                 compile: bool = False) -> None:
         if batch_size > len(split):
             raise ValueError(f"batch size {batch_size} is larger than the {len(split)} images; "
                              "use a smaller --batch-size or more data")
         self.images, self.labels = split.images.to(device), split.labels.to(device)
         self.batch_size = batch_size
-        self.augment = Augment(AugmentConfig(crop_padding=4, flip=True), seed=seed)
+        self.augment = Augment(AugmentConfig(crop_padding=4, flip=True), seed=seed,
+                               compile=compile)
         self.generator = torch.Generator(device).manual_seed(seed)
         self.order, self.position = self._shuffle(), 0
 
@@ -317,16 +320,18 @@ def measure_row(
         return _row(row, what, args.timm_batch, *measure(step))
     model = ViT(config).to(device)
     optimizer = make_optimizer(model, TrainConfig())
-    batches = DeviceBatches(train, args.batch_size, device)
     if row == "compiled":
+        batches = DeviceBatches(train, args.batch_size, device)
         step = device_step(model, optimizer, batches, config.num_classes,
                            precision="autocast", compile_mode=plain_mode)
         what = "vitlib model, flags of the timm row, fused AdamW"
         return _row(row, what, args.batch_size, *measure(step))
     mode = args.fast_compile_mode if use_compile else None
+    batches = DeviceBatches(train, args.batch_size, device, compile=use_compile)
     step = device_step(model, optimizer, batches, config.num_classes, precision="bf16",
                        attention=attention, compile_mode=mode, **FAST_RECIPE_LOSS)
-    what = f"vitlib TrainStep: bf16 weights+activations, compile={mode}, fused AdamW, grad clip"
+    what = (f"vitlib TrainStep: bf16 weights+activations, compile={mode}, fused AdamW, grad "
+            f"clip, {'compiled' if use_compile else 'eager'} crop+flip")
     return _row(row, what, args.batch_size, *measure(step), attention=attention)
 
 

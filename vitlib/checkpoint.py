@@ -87,6 +87,12 @@ def load_model(
     """The trained ``ViT`` stored in a checkpoint, in eval mode. With ``ema=True`` the
     moving-average weights are used when the run kept them (they are what it evaluated)."""
     state = load_checkpoint(path, map_location)
+    if state["model_config"] is None:
+        raise ValueError(
+            f"{path} holds a {state.get('model_class', 'model')} that is not a vitlib ViT, so "
+            "load_model cannot rebuild it; build that model yourself and load "
+            "load_checkpoint(path)['model'] into it with load_state_dict"
+        )
     model = ViT(ViTConfig(**state["model_config"]))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
     model.load_state_dict(weights)

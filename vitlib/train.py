@@ -1,5 +1,8 @@
 """Training a ViT on CIFAR-10: ``train(model_config, train_config, data)``.
 
+``train`` also takes a module instead of a config: a pre-trained ViT to fine-tune, or another
+image classifier (a CNN to compare with), trained in place with the same engine.
+
 The data path: the whole uint8 training split lives on the device (all of CIFAR-10 is 150 MB);
 each epoch a seeded permutation picks the batches by slicing, and ``vitlib.augment`` augments
 them on the device. No DataLoader and no per-image Python loop, on a GPU or a CPU alike.
@@ -57,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # share of the target spread evenly over all classes
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
     ema_decay: float = 0.0  # per-step moving average of the weights (e.g. 0.999); 0 = off
+    layer_decay: float = 1.0  # ViT fine-tuning: block i of L learns at lr·layer_decay^(L−i)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # on-device augmentation
     precision: str = "auto"  # "auto": bf16 on GPUs with it, else fp16; fp32 on CPU
     compile: bool = False  # torch.compile the model (faster GPU steps after a slow first one)
@@ -85,6 +89,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1] (1 = the same lr everywhere), got "
+                             f"{self.layer_decay}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(
                 f"time_budget_s must be positive, got {self.time_budget_s}; "
@@ -195,21 +202,53 @@ def learning_rate(config: TrainConfig, step: int, warmup_steps: int, progress: f
     return config.lr * warmup * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+def lr_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Each parameter's share of the learning rate under layer-wise decay: 1 for the head and
+    the final norm, ``layer_decay ** (L - i)`` for block i of L, ``layer_decay ** (L + 1)`` for
+    the patch embedding, position embedding and class token. All 1 when ``layer_decay`` is 1."""
+    names = [name for name, _ in model.named_parameters()]
+    if layer_decay == 1:
+        return dict.fromkeys(names, 1.0)
+    if not isinstance(model, ViT):
+        raise ValueError(f"layer_decay needs a vitlib ViT (it scales the lr by block), got a "
+                         f"{type(model).__name__}; use layer_decay=1.0 for other models")
+    depth = model.config.depth
+    scales = {}
+    for name in names:
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            layer = int(parts[1]) + 1  # 1 … L
+        elif parts[0] in ("patch_embed", "pos_embed", "cls_token"):
+            layer = 0
+        else:  # the final norm and the head
+            layer = depth + 1
+        scales[name] = layer_decay ** (depth + 1 - layer)
+    return scales
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the weight matrices only: not on norms, biases (1-D), the
-    position embedding or the class token."""
-    decay, no_decay = [], []
+    """AdamW over the trainable parameters (``requires_grad``; frozen ones are left out), with
+    weight decay on the weight matrices only: not on norms, biases (1-D), the position
+    embedding or the class token. Each param group carries ``"lr_scale"`` (``lr_scales``):
+    the trainer sets its lr to the scheduled lr times that."""
+    scales = lr_scales(model, config.layer_decay)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         skip = param.ndim < 2 or name.split(".")[-1] in ("pos_embed", "cls_token")
-        (no_decay if skip else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        groups.setdefault((not skip, scales[name]), []).append(param)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (requires_grad is False "
+                         "everywhere); unfreeze at least the head")
+    param_groups = [
+        {"params": params, "weight_decay": config.weight_decay if decay else 0.0,
+         "lr_scale": scale, "lr": config.lr * scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][1],
+                                                                             not kv[0][0]))
     ]
     fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+    return torch.optim.AdamW(param_groups, lr=config.lr, fused=fused or None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -398,9 +437,9 @@ class _Run:
     """The state of one training run and the loop that advances it."""
 
     def __init__(
-        self, model_config: ViTConfig, config: TrainConfig, data: CIFAR10, proc: _Process
+        self, model: ViTConfig | nn.Module, config: TrainConfig, data: CIFAR10, proc: _Process
     ) -> None:
-        self.model_config, self.config, self.proc = model_config, config, proc
+        self.config, self.proc = config, proc
         device = proc.device
         if config.batch_size % proc.world_size != 0:
             raise ValueError(
@@ -424,11 +463,19 @@ class _Run:
         self.num_classes = data.num_classes
 
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        self.model = ViT(model_config).to(device)
+        if isinstance(model, ViTConfig):
+            model = ViT(model)
+        elif not isinstance(model, nn.Module):
+            raise TypeError(f"train() takes a ViTConfig or an nn.Module, got a "
+                            f"{type(model).__name__}")
+        # the shape a checkpoint records (None: not a vitlib ViT, so load_model cannot rebuild it)
+        self.model_config = model.config if isinstance(model, ViT) else None
+        self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.augment = Augment(config.augment, CIFAR10_MEAN, CIFAR10_STD, seed=config.seed)
+        self.augment = Augment(config.augment, CIFAR10_MEAN, CIFAR10_STD, seed=config.seed,
+                               compile=config.compile)
         self.generator = self.augment.generator(device)  # reseeded each epoch, saved mid-epoch
         self.fast_step = self._make_fast_step() if config.fast_step else None
         net: nn.Module = self.model
@@ -442,6 +489,7 @@ class _Run:
         self.epoch = 0  # finished epochs
         self.batch = 0  # finished batches of the current epoch
         self.step = 0  # finished optimizer steps
+        self.lr = 0.0  # the scheduled learning rate of the last step (group scales aside)
         self.train_time = 0.0  # seconds spent in training steps (evaluation excluded)
         self.sums = self._zero_sums()
         self.history = History()
@@ -453,6 +501,11 @@ class _Run:
 
     def _make_fast_step(self) -> TrainStep:
         c = self.config
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            raise ValueError(
+                "fast_step runs on bf16 copies of the weights and buffers, so BatchNorm's "
+                "running statistics would never update; use fast_step=False for this model"
+            )
         if self.proc.world_size > 1:
             raise ValueError(
                 f"fast_step trains in one process, but this run has {self.proc.world_size} "
@@ -493,7 +546,8 @@ class _Run:
             rngs = [None] * self.proc.world_size
             dist.all_gather_object(rngs, {k: v.cpu() for k, v in rng.items()})
         return {
-            "model_config": config_dict(self.model_config),
+            "model_config": config_dict(self.model_config) if self.model_config else None,
+            "model_class": type(self.model).__name__,
             "train_config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -522,8 +576,15 @@ class _Run:
     def restore(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint written by ``save``."""
         state = load_checkpoint(path)
-        saved = ViTConfig(**state["model_config"])
-        if saved != self.model_config:
+        saved_class = state.get("model_class", "ViT")
+        if saved_class != type(self.model).__name__:
+            raise ValueError(
+                f"checkpoint {path} holds a {saved_class}, but this run trains a "
+                f"{type(self.model).__name__}; resume with the same model, or start a new run "
+                "in another out_dir"
+            )
+        saved = ViTConfig(**state["model_config"]) if state["model_config"] else None
+        if saved is not None and saved != self.model_config:
             diff = ", ".join(
                 f"{k}: checkpoint {v!r} vs now {getattr(self.model_config, k)!r}"
                 for k, v in config_dict(saved).items() if getattr(self.model_config, k) != v
@@ -575,7 +636,8 @@ class _Run:
         c = self.config
         lr = learning_rate(c, self.step, self.warmup_steps, self._progress())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before layer_decay: 1
+        self.lr = lr
         inputs, targets = self.augment(images, labels, self.num_classes)
         loss, correct = (self.fast_step or self._plain_step)(inputs, targets)
         if self.ema is not None:
@@ -686,7 +748,7 @@ class _Run:
             if self.step % SYNC_EVERY == 0 or self.batch == self.steps_per_epoch:
                 reason = self._check(stop, started, time_before)
                 bar.set_postfix(loss=f"{self.sums['loss'].item() / self.sums['seen'].item():.3f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                                lr=f"{self.lr:.2e}")
         bar.close()
         self.sums["time"] += self.train_time - time_before
         return reason
@@ -701,7 +763,7 @@ class _Run:
         record = {
             "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
             "step": self.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.lr,
             "train_loss": sums["loss"].item() / seen,
             "train_acc": sums["correct"].item() / seen,
             "val_loss": None,
@@ -815,9 +877,13 @@ class _Run:
         budget = f", time budget {_minutes(c.time_budget_s)}" if c.time_budget_s else ""
         procs = f" × {self.proc.world_size} processes" if self.proc.world_size > 1 else ""
         val = len(self.val) if self.val is not None else 0
+        what = (f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size}"
+                if m is not None else type(self.model).__name__)
+        frozen = count_parameters(self.model, trainable_only=False) - count_parameters(self.model)
+        frozen_note = f", {frozen / 1e6:.2f} M frozen" if frozen else ""
         return (
-            f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size} "
-            f"({count_parameters(self.model) / 1e6:.2f} M parameters) on {device}{procs}, "
+            f"{what} ({count_parameters(self.model) / 1e6:.2f} M trainable parameters"
+            f"{frozen_note}) on {device}{procs}, "
             f"{self.precision}\n{len(self.labels)} train / {val} val images, batch "
             f"{c.batch_size}, lr {c.lr:g}, up to {c.epochs} epochs{budget}"
         )
@@ -829,13 +895,18 @@ def _minutes(seconds: float) -> str:
 
 
 def train(
-    model_config: ViTConfig,
+    model: ViTConfig | nn.Module,
     train_config: TrainConfig,
     data: CIFAR10,
     *,
     resume: str | os.PathLike | None = None,
 ) -> History:
-    """Train a ``ViT(model_config)`` on ``data`` and return its ``History``.
+    """Train a ``ViT(model)`` on ``data`` and return its ``History``.
+
+    ``model`` may also be a module mapping normalised images (B, 3, H, W) to logits
+    (B, num_classes): it is trained in place from its current weights (fine-tuning, or another
+    architecture); parameters with ``requires_grad=False`` stay frozen. ``load_model`` rebuilds
+    ViTs only: for another module, load ``load_checkpoint(path)["model"]`` into it yourself.
 
     The checkpoint (``out_dir/checkpoint.pt``) is rewritten after every validated epoch
     (every ``eval_every``), after the last and on Ctrl-C; ``resume``
@@ -850,7 +921,7 @@ def train(
         torch.set_num_threads(config.num_threads)
     proc = _start_process(config)
     try:
-        run = _Run(model_config, config, data, proc)
+        run = _Run(model, config, data, proc)
         if resume is not None:
             run.restore(resume)
         return run.fit()
