@@ -211,3 +211,15 @@ def test_to_display_image_accepts_common_layouts():
     assert viz.to_display_image(np.zeros((4, 5))).shape == (4, 5, 3)
     with pytest.raises(ValueError, match="show_images"):
         viz.to_display_image(torch.zeros(2, 3, 4, 5))
+
+
+def test_image_mosaic_is_one_labelled_picture():
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    fig = viz.image_mosaic(images, title="Mosaic", ncols=4)
+    ax = fig.axes[0]
+    assert_labelled(ax, "Mosaic")
+    assert len(ax.images) == 1
+    assert ax.images[0].get_array().shape == (3 * 34 - 2, 4 * 34 - 2, 3)
+    with pytest.raises(ValueError, match="row labels"):
+        viz.image_mosaic(images, title="t", ncols=4, row_labels=["a"])
+    plt.close("all")

@@ -1,5 +1,6 @@
 """vitlib: a small, readable Vision Transformer library that goes with the course notebooks."""
 
+from . import cnn, dense, explain, finetune
 from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
 from .augment import Augment, AugmentConfig
 from .checkpoint import load_model
@@ -45,11 +46,15 @@ __all__ = [
     "TrainConfig",
     "ViT",
     "ViTConfig",
+    "cnn",
     "config_dict",
     "count_parameters",
     "create_model",
+    "dense",
     "detect_format",
     "evaluate",
+    "explain",
+    "finetune",
     "flops_per_image",
     "from_hf",
     "from_timm",

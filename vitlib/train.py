@@ -872,7 +872,8 @@ class _Run:
         if device == "cuda":
             device = torch.cuda.get_device_name(self.proc.device)
         elif device == "cpu":
-            device = (f"CPU, {torch.get_num_threads()} threads" if self.threads is None else
+            n = torch.get_num_threads()
+            device = (f"CPU, {n} thread{'s' * (n > 1)}" if self.threads is None else
                       f"CPU, 1 or {torch.get_num_threads()} threads (the faster, per epoch)")
         budget = f", time budget {_minutes(c.time_budget_s)}" if c.time_budget_s else ""
         procs = f" × {self.proc.world_size} processes" if self.proc.world_size > 1 else ""

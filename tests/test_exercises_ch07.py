@@ -1,0 +1,150 @@
+"""Each exercise check of notebook 07 passes a right answer and fails wrong ones with a hint."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlib.exercises import ch07
+
+
+def passes(result) -> bool:
+    return result.passed and "well done" in result.message
+
+
+def fails_with_hint(result) -> bool:
+    return not result.passed and "Hint:" in result.message
+
+
+# --- channel statistics ---------------------------------------------------------------------
+
+
+def stats_right(images):
+    x = images.float() / 255
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def stats_as_lists(images):
+    mean, std = stats_right(images)
+    return mean.tolist(), std.tolist()
+
+
+def stats_0_255(images):
+    x = images.float()
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+
+
+def stats_per_image_std(images):
+    x = images.float() / 255
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(2, 3)).mean(dim=0)
+
+
+def stats_over_channels(images):
+    x = images.float() / 255
+    return x.mean(dim=(0, 1)), x.std(dim=(0, 1))
+
+
+@pytest.mark.parametrize("right", [stats_right, stats_as_lists])
+def test_channel_stats_right(right):
+    assert passes(ch07.check_channel_stats(right, quiet=True))
+
+
+@pytest.mark.parametrize("wrong", [stats_0_255, stats_per_image_std, stats_over_channels])
+def test_channel_stats_wrong(wrong):
+    assert fails_with_hint(ch07.check_channel_stats(wrong, quiet=True))
+
+
+def test_channel_stats_names_the_scale():
+    result = ch07.check_channel_stats(stats_0_255, quiet=True)
+    assert "0..255" in result.message
+
+
+# --- zero-padded crop -----------------------------------------------------------------------
+
+
+def crop_right(images, padding, generator):
+    B, _, H, W = images.shape
+    offsets = torch.randint(2 * padding + 1, (2 * B,), generator=generator).view(2, B)
+    padded = F.pad(images, (padding,) * 4)
+    return torch.stack([padded[b, :, oy:oy + H, ox:ox + W]
+                        for b, (oy, ox) in enumerate(offsets.T.tolist())])
+
+
+def crop_reflect(images, padding, generator):
+    B, _, H, W = images.shape
+    offsets = torch.randint(2 * padding + 1, (2 * B,), generator=generator).view(2, B)
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    return torch.stack([padded[b, :, oy:oy + H, ox:ox + W]
+                        for b, (oy, ox) in enumerate(offsets.T.tolist())])
+
+
+def crop_axes_swapped(images, padding, generator):
+    B, _, H, W = images.shape
+    offsets = torch.randint(2 * padding + 1, (2 * B,), generator=generator).view(2, B)
+    padded = F.pad(images, (padding,) * 4)
+    return torch.stack([padded[b, :, oy:oy + H, ox:ox + W]
+                        for b, (ox, oy) in enumerate(offsets.T.tolist())])
+
+
+def crop_centre(images, padding, generator):
+    return images
+
+
+def test_zero_pad_crop():
+    assert passes(ch07.check_zero_pad_crop(crop_right, quiet=True))
+    for wrong in (crop_reflect, crop_axes_swapped, crop_centre):
+        assert fails_with_hint(ch07.check_zero_pad_crop(wrong, quiet=True))
+
+
+# --- soft-target cross-entropy --------------------------------------------------------------
+
+
+def soft_ce_right(logits, targets):
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
+def soft_ce_mean_over_all(logits, targets):
+    return -(targets * F.log_softmax(logits, dim=-1)).mean()
+
+
+def soft_ce_argmax(logits, targets):
+    return F.cross_entropy(logits, targets.argmax(dim=-1))
+
+
+def soft_ce_log_of_logits(logits, targets):
+    return -(targets * logits.log_softmax(dim=0)).sum(dim=-1).mean()
+
+
+def test_soft_cross_entropy():
+    assert passes(ch07.check_soft_cross_entropy(soft_ce_right, quiet=True))
+    assert passes(ch07.check_soft_cross_entropy(F.cross_entropy, quiet=True))
+    for wrong in (soft_ce_mean_over_all, soft_ce_argmax, soft_ce_log_of_logits):
+        assert fails_with_hint(ch07.check_soft_cross_entropy(wrong, quiet=True))
+
+
+# --- cutmix label weight --------------------------------------------------------------------
+
+
+def weight_right(top, left, height, width, image_size):
+    rows = max(0, min(top + height, image_size) - max(top, 0))
+    cols = max(0, min(left + width, image_size) - max(left, 0))
+    return 1 - rows * cols / image_size**2
+
+
+def weight_unclipped(top, left, height, width, image_size):
+    return 1 - height * width / image_size**2
+
+
+def weight_pasted_share(top, left, height, width, image_size):
+    return 1 - weight_right(top, left, height, width, image_size)
+
+
+def weight_negative_lengths(top, left, height, width, image_size):
+    rows = min(top + height, image_size) - max(top, 0)
+    cols = min(left + width, image_size) - max(left, 0)
+    return 1 - rows * cols / image_size**2
+
+
+def test_cutmix_weight():
+    assert passes(ch07.check_cutmix_weight(weight_right, quiet=True))
+    for wrong in (weight_unclipped, weight_pasted_share, weight_negative_lengths):
+        assert fails_with_hint(ch07.check_cutmix_weight(wrong, quiet=True))

@@ -1,0 +1,130 @@
+"""Each exercise check of notebook 09 passes a right answer and fails wrong ones with a hint."""
+
+import math
+
+import pytest
+import torch
+
+from vitlib import flops_per_image, get_config
+from vitlib.exercises import ch09
+
+
+def passes(result) -> bool:
+    return result.passed and "well done" in result.message
+
+
+def fails_with_hint(result) -> bool:
+    return not result.passed and "Hint:" in result.message
+
+
+# --- EMA over a run ------------------------------------------------------------------------
+
+
+def ema_run_right(weights, decay):
+    ema = weights[0].clone()
+    for t, w in enumerate(weights[1:]):
+        d = min(decay, (1 + t) / (10 + t))
+        ema = d * ema + (1 - d) * w
+    return ema
+
+
+def ema_run_no_warmup(weights, decay):
+    ema = weights[0].clone()
+    for w in weights[1:]:
+        ema = decay * ema + (1 - decay) * w
+    return ema
+
+
+def ema_run_swapped(weights, decay):
+    ema = weights[0].clone()
+    for t, w in enumerate(weights[1:]):
+        d = min(decay, (1 + t) / (10 + t))
+        ema = (1 - d) * ema + d * w
+    return ema
+
+
+def ema_run_counts_from_one(weights, decay):
+    ema = weights[0].clone()
+    for t, w in enumerate(weights[1:], start=1):
+        d = min(decay, (1 + t) / (10 + t))
+        ema = d * ema + (1 - d) * w
+    return ema
+
+
+@pytest.mark.parametrize("wrong", [ema_run_no_warmup, ema_run_swapped, ema_run_counts_from_one,
+                                   lambda weights, decay: weights[-1]])
+def test_ema_run(wrong):
+    assert passes(ch09.check_ema_run(ema_run_right, quiet=True))
+    assert fails_with_hint(ch09.check_ema_run(wrong, quiet=True))
+
+
+def test_ema_warmup_decay_is_short_at_first_and_capped():
+    assert ch09.ema_warmup_decay(0.999, 0) == pytest.approx(0.1)
+    assert ch09.ema_warmup_decay(0.999, 10**6) == 0.999
+
+
+# --- MFU ----------------------------------------------------------------------------------------
+
+
+def mfu_right(config, batch_size, step_time_s, peak_tflops):
+    return 3 * flops_per_image(config) * batch_size / step_time_s / (peak_tflops * 1e12)
+
+
+def mfu_forward_only(config, batch_size, step_time_s, peak_tflops):
+    return flops_per_image(config) * batch_size / step_time_s / (peak_tflops * 1e12)
+
+
+def mfu_per_image(config, batch_size, step_time_s, peak_tflops):
+    return 3 * flops_per_image(config) / step_time_s / (peak_tflops * 1e12)
+
+
+def mfu_percent(config, batch_size, step_time_s, peak_tflops):
+    return 100 * mfu_right(config, batch_size, step_time_s, peak_tflops)
+
+
+@pytest.mark.parametrize("wrong", [mfu_forward_only, mfu_per_image, mfu_percent])
+def test_mfu(wrong):
+    assert passes(ch09.check_mfu(mfu_right, quiet=True))
+    assert fails_with_hint(ch09.check_mfu(wrong, quiet=True))
+
+
+def test_reference_mfu_by_hand():
+    config = get_config("vit_cifar_tiny")
+    # 1.108 GFLOP per training image (benchmarks/NOTES.md) × 1000 images in 1 s = 1.108 TFLOP/s
+    assert ch09.reference_mfu(config, 1000, 1.0, 1.108) == pytest.approx(1.0, rel=2e-3)
+
+
+# --- fp16 loss scale -------------------------------------------------------------------------
+
+
+def loss_scale_right(grads):
+    return 2.0 ** math.floor(math.log2(65504 / grads.abs().max().item()))
+
+
+def loss_scale_bf16_max(grads):
+    limit = torch.finfo(torch.bfloat16).max
+    return 2.0 ** math.floor(math.log2(limit / grads.abs().max().item()))
+
+
+def loss_scale_smallest_grad(grads):
+    return 2.0 ** math.floor(math.log2(65504 / grads.abs().min().item()))
+
+
+def loss_scale_not_a_power_of_two(grads):
+    return 65504 / grads.abs().max().item()
+
+
+@pytest.mark.parametrize("wrong", [loss_scale_bf16_max, loss_scale_smallest_grad,
+                                   loss_scale_not_a_power_of_two, lambda grads: 65536.0])
+def test_loss_scale(wrong):
+    assert passes(ch09.check_loss_scale(loss_scale_right, quiet=True))
+    assert fails_with_hint(ch09.check_loss_scale(wrong, quiet=True))
+
+
+def test_reference_loss_scale_fits_and_doubling_does_not():
+    for magnitude in (1e-6, 1.0, 1e5):
+        grads = torch.randn(20) * magnitude
+        scale = ch09.reference_loss_scale(grads)
+        assert torch.isfinite((grads.double() * scale).half()).all()
+        assert grads.abs().max().item() * 2 * scale > 65504
+        assert math.log2(scale) == int(math.log2(scale))

@@ -1,0 +1,148 @@
+"""Each exercise check of notebook 10 passes a right answer and fails wrong ones with a hint."""
+
+import pytest
+import torch
+
+from vitlib.exercises import ch10
+
+
+def passes(result) -> bool:
+    return result.passed and "well done" in result.message
+
+
+def fails_with_hint(result) -> bool:
+    return not result.passed and "Hint:" in result.message
+
+
+# --- conv output size -----------------------------------------------------------------------
+
+
+def output_size_right(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def output_size_one_side_padding(size, kernel, stride, padding):
+    return (size + padding - kernel) // stride + 1
+
+
+def output_size_divides_first(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel + 1) // stride
+
+
+def output_size_rounds_up(size, kernel, stride, padding):
+    return -(-(size + 2 * padding - kernel) // stride) + 1
+
+
+@pytest.mark.parametrize("wrong", [output_size_one_side_padding, output_size_divides_first,
+                                   output_size_rounds_up])
+def test_conv_output_size(wrong):
+    assert passes(ch10.check_conv_output_size(output_size_right, quiet=True))
+    assert fails_with_hint(ch10.check_conv_output_size(wrong, quiet=True))
+
+
+# --- receptive field ------------------------------------------------------------------------
+
+
+def field_right(layers):
+    field, jump = 1, 1
+    for kernel, stride in layers:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+def field_ignores_stride(layers):
+    return 1 + sum(kernel - 1 for kernel, _ in layers)
+
+
+def field_stride_too_early(layers):
+    field, jump = 1, 1
+    for kernel, stride in layers:
+        jump *= stride
+        field += (kernel - 1) * jump
+    return field
+
+
+def field_sum_of_kernels(layers):
+    return sum(kernel for kernel, _ in layers)
+
+
+@pytest.mark.parametrize("wrong", [field_ignores_stride, field_stride_too_early,
+                                   field_sum_of_kernels])
+def test_receptive_field(wrong):
+    assert passes(ch10.check_receptive_field(field_right, quiet=True))
+    assert fails_with_hint(ch10.check_receptive_field(wrong, quiet=True))
+
+
+def test_receptive_field_reference_is_measured():
+    assert ch10._measured_receptive_field([(3, 1)] * 4) == 9
+    assert ch10._measured_receptive_field([(1, 2), (3, 1)]) == 5  # a span with gaps in it
+    assert ch10._measured_receptive_field([(4, 4), (3, 1)]) == 12
+
+
+# --- parameters of a conv and a dense layer -------------------------------------------------
+
+
+def counts_right(c_in, c_out, kernel, height, width):
+    conv = c_in * c_out * kernel * kernel + c_out
+    inputs, outputs = c_in * height * width, c_out * height * width
+    return conv, inputs * outputs + outputs
+
+
+def counts_without_biases(c_in, c_out, kernel, height, width):
+    conv, dense = counts_right(c_in, c_out, kernel, height, width)
+    return conv - c_out, dense - c_out * height * width
+
+
+def counts_conv_per_pixel(c_in, c_out, kernel, height, width):
+    conv, dense = counts_right(c_in, c_out, kernel, height, width)
+    return conv * height * width, dense
+
+
+def counts_dense_one_channel(c_in, c_out, kernel, height, width):
+    conv, _ = counts_right(c_in, c_out, kernel, height, width)
+    return conv, (height * width) ** 2 + height * width
+
+
+@pytest.mark.parametrize("wrong", [counts_without_biases, counts_conv_per_pixel,
+                                   counts_dense_one_channel])
+def test_param_counts(wrong):
+    assert passes(ch10.check_param_counts(counts_right, quiet=True))
+    assert fails_with_hint(ch10.check_param_counts(wrong, quiet=True))
+    single = ch10.check_param_counts(lambda *args: 7, quiet=True)
+    assert fails_with_hint(single) and "pair" in single.message
+
+
+# --- translation equivariance ---------------------------------------------------------------
+
+
+def equivariant_right(f, x, shift):
+    moved = f(torch.roll(x, shift, dims=(2, 3)))
+    return torch.allclose(moved, torch.roll(f(x), shift, dims=(2, 3)), atol=1e-5)
+
+
+def invariant_instead(f, x, shift):
+    return torch.allclose(f(torch.roll(x, shift, dims=(2, 3))), f(x), atol=1e-5)
+
+
+def rolls_one_axis_only(f, x, shift):
+    moved = f(torch.roll(x, shift[0], dims=2))
+    return torch.allclose(moved, torch.roll(f(x), shift[0], dims=2), atol=1e-5)
+
+
+
+@pytest.mark.parametrize("wrong", [invariant_instead, rolls_one_axis_only])
+def test_translation_equivariance(wrong):
+    assert passes(ch10.check_translation_equivariance(equivariant_right, quiet=True))
+    assert fails_with_hint(ch10.check_translation_equivariance(wrong, quiet=True))
+    always = ch10.check_translation_equivariance(lambda f, x, s: True, quiet=True)
+    assert fails_with_hint(always) and "right answer is False" in always.message
+    none = ch10.check_translation_equivariance(lambda f, x, s: None, quiet=True)
+    assert fails_with_hint(none) and "True or False" in none.message
+
+
+def test_translation_cases_are_labelled_right():
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for what, f, want in ch10._translation_cases(channels=3):
+            assert equivariant_right(f, x, (3, 10)) == want, what

@@ -1,0 +1,131 @@
+"""Each exercise check of notebook 11 passes a right answer and fails wrong ones with a hint."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from vitlib.exercises import ch11
+
+
+def passes(result) -> bool:
+    return result.passed and "well done" in result.message
+
+
+def fails_with_hint(result) -> bool:
+    return not result.passed and "Hint:" in result.message
+
+
+# --- a new head -----------------------------------------------------------------------------
+
+
+def replace_head_right(model, num_classes):
+    model.head = nn.Linear(model.config.embed_dim, num_classes)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    model.config = dataclasses.replace(model.config, num_classes=num_classes)
+    return model
+
+
+def replace_head_random_init(model, num_classes):
+    model.head = nn.Linear(model.config.embed_dim, num_classes)
+    model.config = dataclasses.replace(model.config, num_classes=num_classes)
+    return model
+
+
+def replace_head_config_unchanged(model, num_classes):
+    model.head = nn.Linear(model.config.embed_dim, num_classes)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    return model
+
+
+def replace_head_resets_everything(model, num_classes):
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+    return replace_head_right(model, num_classes)
+
+
+@pytest.mark.parametrize(
+    "wrong", [replace_head_random_init, replace_head_config_unchanged,
+              replace_head_resets_everything, lambda model, n: None]
+)
+def test_replace_head(wrong):
+    assert fails_with_hint(ch11.check_replace_head(wrong, quiet=True))
+
+
+# --- trainable parameters after freezing ----------------------------------------------------
+
+
+def block_parameters(c):
+    d, hidden = c.embed_dim, int(c.embed_dim * c.mlp_ratio)
+    qkv = 3 * d * d + (3 * d if c.qkv_bias else 0)
+    return 4 * d + qkv + d * d + d + 2 * d * hidden + hidden + d
+
+
+def trainable_count_right(c, last_blocks):
+    return c.embed_dim * c.num_classes + c.num_classes + 2 * c.embed_dim + (
+        last_blocks * block_parameters(c))
+
+
+def trainable_count_no_norm(c, last_blocks):
+    return trainable_count_right(c, last_blocks) - 2 * c.embed_dim
+
+
+def trainable_count_always_qkv_bias(c, last_blocks):
+    extra = 0 if c.qkv_bias else 3 * c.embed_dim * last_blocks
+    return trainable_count_right(c, last_blocks) + extra
+
+
+@pytest.mark.parametrize("wrong", [trainable_count_no_norm, trainable_count_always_qkv_bias])
+def test_trainable_count(wrong):
+    result = ch11.check_trainable_count(wrong, quiet=True)
+    assert fails_with_hint(result) and "parameters train" in result.message
+
+
+# --- layer-wise learning-rate decay ---------------------------------------------------------
+
+
+def layer_of(name, depth):
+    top = name.split(".")[0]
+    if top == "blocks":
+        return int(name.split(".")[1]) + 1
+    return 0 if top in ("patch_embed", "pos_embed", "cls_token") else depth + 1
+
+
+def lr_scale_right(name, depth, decay):
+    return decay ** (depth + 1 - layer_of(name, depth))
+
+
+def lr_scale_off_by_one(name, depth, decay):
+    return decay ** (depth - layer_of(name, depth))
+
+
+def lr_scale_reversed(name, depth, decay):
+    return decay ** layer_of(name, depth)
+
+
+def lr_scale_embeddings_like_block0(name, depth, decay):
+    return decay ** (depth + 1 - max(layer_of(name, depth), 1))
+
+
+@pytest.mark.parametrize(
+    "wrong", [lr_scale_off_by_one, lr_scale_reversed, lr_scale_embeddings_like_block0]
+)
+def test_layer_decay(wrong):
+    result = ch11.check_layer_decay(wrong, quiet=True)
+    assert fails_with_hint(result) and "× lr" in result.message
+
+
+def test_right_answers_pass():
+    assert passes(ch11.check_replace_head(replace_head_right, quiet=True))
+    assert passes(ch11.check_trainable_count(trainable_count_right, quiet=True))
+    assert passes(ch11.check_layer_decay(lr_scale_right, quiet=True))
+
+
+def test_a_crashing_answer_is_reported_not_raised():
+    result = ch11.check_layer_decay(lambda name, depth, decay: torch.tensor([1, 2]).item(),
+                                    quiet=True)
+    assert fails_with_hint(result) and "raised" in result.message

@@ -1,0 +1,169 @@
+"""Checks for the exercises of notebook 10 (ViT vs CNN: inductive bias and data hunger)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ch04 import _as_bool
+from .checking import CheckResult, check
+
+
+def check_conv_output_size(conv_output_size: Callable[[int, int, int, int], int],
+                           quiet: bool = False) -> CheckResult:
+    """``conv_output_size(size, kernel, stride, padding) -> int``: the height (= width) of the
+    output of a convolution on a size × size input, as ``nn.Conv2d`` computes it."""
+
+    def test() -> str | None:
+        cases = [(32, 3, 1, 1), (32, 3, 2, 1), (32, 4, 4, 0), (224, 16, 16, 0), (7, 3, 2, 0),
+                 (33, 3, 2, 1), (28, 5, 1, 0), (10, 1, 3, 0),
+                 (random.randint(8, 64), random.choice([1, 3, 5, 7]), random.randint(1, 4),
+                  random.randint(0, 3))]
+        for size, kernel, stride, padding in cases:
+            image = torch.zeros(1, 1, size, size)
+            want = F.conv2d(image, torch.zeros(1, 1, kernel, kernel), stride=stride,
+                            padding=padding).shape[-1]
+            got = conv_output_size(size, kernel, stride, padding)
+            if got != want:
+                return (f"for size={size}, kernel={kernel}, stride={stride}, padding={padding} "
+                        f"nn.Conv2d gives {want} × {want}, you said {got!r}")
+        return None
+
+    return check(
+        "conv_output_size", test,
+        "pad the input by `padding` on each side (size + 2·padding), count the positions where "
+        "the kernel fits entirely (size + 2·padding − kernel + 1 with stride 1), and with a "
+        "stride keep every stride-th of them: (size + 2·padding − kernel) // stride + 1, rounded "
+        "down with //",
+        quiet,
+    )
+
+
+def _measured_receptive_field(layers: list[tuple[int, int]]) -> int:
+    """How wide the span of input positions is that one output position of a stack of 1-D
+    convolutions (all weights 1, no padding) depends on, found by back-propagating from the first
+    output."""
+    x = torch.zeros(1, 1, 512, requires_grad=True)
+    out = x
+    for kernel, stride in layers:
+        out = F.conv1d(out, torch.ones(1, 1, kernel), stride=stride)
+    out[0, 0, 0].backward()
+    seen = (x.grad[0, 0] != 0).nonzero().flatten()
+    return int(seen.max() - seen.min() + 1)
+
+
+def check_receptive_field(receptive_field: Callable[[list[tuple[int, int]]], int],
+                          quiet: bool = False) -> CheckResult:
+    """``receptive_field(layers) -> int``: how many pixels wide the patch of the input is that
+    one output pixel of a stack of convolutions sees; ``layers`` lists (kernel, stride) from the
+    input up."""
+
+    def test() -> str | None:
+        cases = [[(3, 1)], [(3, 1)] * 2, [(3, 1)] * 5, [(5, 1), (3, 1)], [(3, 2), (3, 1)],
+                 [(3, 1), (3, 2), (3, 1), (3, 2), (3, 1)], [(4, 4), (3, 1)], [(7, 2), (3, 2)],
+                 [(random.choice([1, 3, 5]), random.randint(1, 2)) for _ in range(4)]]
+        for layers in cases:
+            want = _measured_receptive_field(layers)
+            got = receptive_field(list(layers))
+            if got != want:
+                return f"a stack of (kernel, stride) {layers} sees {want} pixels, you said {got!r}"
+        return None
+
+    return check(
+        "receptive_field", test,
+        "keep two numbers while going up the stack: the field r (start 1) and the jump j, the "
+        "distance in input pixels between neighbouring positions of the current layer (start "
+        "1). A layer with kernel k adds (k − 1)·j to r, then multiplies j by its stride: a "
+        "stride does not widen its own layer's view, but every layer above it",
+        quiet,
+    )
+
+
+def check_param_counts(param_counts: Callable[[int, int, int, int, int], tuple[int, int]],
+                       quiet: bool = False) -> CheckResult:
+    """``param_counts(in_chans, out_chans, kernel, height, width) -> (conv, dense)``: the
+    parameters (with biases) of a kernel × kernel convolution from in_chans to out_chans channels
+    and of a fully connected layer that maps the same height × width image to the same output
+    (out_chans × height × width numbers)."""
+
+    def test() -> str | None:
+        cases = [(3, 16, 3, 32, 32), (1, 1, 3, 8, 8), (64, 64, 3, 16, 16), (3, 8, 5, 28, 28),
+                 (random.randint(1, 8), random.randint(1, 32), random.choice([1, 3, 5]),
+                  random.randint(4, 40), random.randint(4, 40))]
+        for c_in, c_out, kernel, height, width in cases:
+            conv = nn.Conv2d(c_in, c_out, kernel, device="meta")  # meta: shapes without memory
+            dense = nn.Linear(c_in * height * width, c_out * height * width, device="meta")
+            want = (sum(p.numel() for p in conv.parameters()),
+                    sum(p.numel() for p in dense.parameters()))
+            got = param_counts(c_in, c_out, kernel, height, width)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                return f"param_counts should return a pair (conv, dense), got {got!r}"
+            if tuple(got) != want:
+                return (f"for in_chans={c_in}, out_chans={c_out}, kernel={kernel} on a "
+                        f"{height}×{width} image: conv {want[0]:,}, dense {want[1]:,}; you said "
+                        f"conv {got[0]!r}, dense {got[1]!r}")
+        return None
+
+    return check(
+        "param_counts", test,
+        "the conv has one kernel × kernel filter per (input, output) channel pair plus one bias "
+        "per output channel, whatever the image size; the dense layer has one weight per (input "
+        "number, output number) pair, with in_chans·height·width inputs and "
+        "out_chans·height·width outputs, plus one bias per output",
+        quiet,
+    )
+
+
+def _translation_cases(channels: int) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
+    """(description, function on images (B, C, H, W) keeping H and W, whether shifting the input
+    with wrap-around shifts the output the same way)."""
+    circular = nn.Conv2d(channels, 4, 3, padding=1, padding_mode="circular")
+    zero_padded = nn.Conv2d(channels, 4, 3, padding=1)
+    position_map = torch.randn(1, 4, 16, 16)
+    return [
+        ("a 3×3 conv with wrap-around (circular) padding", circular, True),
+        ("a ReLU", torch.relu, True),
+        ("two circular convs with a ReLU between them",
+         nn.Sequential(circular, nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")),
+         True),
+        ("subtracting each channel's mean over the image",
+         lambda x: x - x.mean(dim=(2, 3), keepdim=True), True),
+        ("a 3×3 conv with zero padding (the borders differ)", zero_padded, False),
+        ("a circular conv plus a learned table, one value per pixel (a position embedding)",
+         lambda x: circular(x) + position_map, False),
+        ("mirroring the image left-right", lambda x: x.flip(-1), False),
+        ("a cumulative sum down the rows", lambda x: x.cumsum(dim=2), False),
+    ]
+
+
+def check_translation_equivariance(
+    is_equivariant: Callable[[Callable[[Tensor], Tensor], Tensor, tuple[int, int]], bool],
+    quiet: bool = False,
+) -> CheckResult:
+    """``is_equivariant(f, x, shift) -> bool``: whether f(x shifted by shift = (rows, cols),
+    with wrap-around) equals f(x) shifted by the same amount, up to float rounding."""
+
+    def test() -> str | None:
+        x = torch.randn(2, 3, 16, 16)
+        shift = (random.randint(1, 7), random.randint(9, 15))
+        with torch.no_grad():
+            for what, f, want in _translation_cases(channels=3):
+                got = _as_bool(is_equivariant(f, x.clone(), shift))
+                if got is None:
+                    return "is_equivariant should return True or False"
+                if got != want:
+                    return f"for {what} it answered {got}, but the right answer is {want}"
+        return None
+
+    return check(
+        "translation_equivariance", test,
+        "shift with torch.roll(x, shift, dims=(2, 3)) (rows and columns, wrapping around), then "
+        "compare f of the shifted images with f(x) shifted the same way (shift the output too: "
+        "that is equivariance; comparing with f(x) itself tests invariance) using "
+        "torch.allclose(..., atol=1e-5)",
+        quiet,
+    )
