@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the recipe's, reduce-overhead = CUDA graphs)")
     p.add_argument("--attention", help="attention kernel: flash, efficient, cudnn or math "
                    "(default: PyTorch's choice); `python -m vitlib bench` measures them")
+    p.add_argument("--token-drop", type=float, default=0.0,
+                   help="share of patch tokens each training image drops (ViTConfig.token_drop)")
     p.add_argument("--out", help="keep each seed's checkpoint and history in OUT/seed_N "
                    "(default: a temporary folder)")
     p.add_argument("--json", help="write the results to this file")
@@ -61,7 +63,8 @@ def settings(args: argparse.Namespace) -> tuple[ViTConfig, TrainConfig]:
     """The recipe with the command line's changes; validation stays at about 10 points along
     the run when ``--budget`` shortens or lengthens it."""
     preset, config = get_recipe(args.recipe)
-    model_config = get_config(preset, **(SMOKE_MODEL if args.smoke else {}))
+    model_config = get_config(preset, **(SMOKE_MODEL if args.smoke else {}),
+                              token_drop=args.token_drop)
     changes: dict = {"progress": False}
     if args.budget is not None and config.time_budget_s:
         changes["eval_every"] = max(1, round(config.eval_every * args.budget

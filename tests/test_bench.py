@@ -94,10 +94,12 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
 
 
 def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
-    _, config = script.settings(script.build_parser().parse_args(
-        ["--budget", "60", "--compile-mode", "none", "--attention", "math"]))
+    model, config = script.settings(script.build_parser().parse_args(
+        ["--budget", "60", "--compile-mode", "none", "--attention", "math", "--token-drop",
+         "0.5"]))
     assert config.time_budget_s == 60 and config.eval_every == 10  # recipe: 120 s, every 20
     assert not config.compile and config.fast_step and config.attention == "math"
+    assert model.token_drop == 0.5 and model.embed_dim == 192  # the recipe's model, dropping
 
 
 def test_augment_speed_smoke_prints_a_row_per_setting(capsys):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -124,3 +126,28 @@ def test_bad_inputs_are_explained():
         create_model("vit_huge")
     with pytest.raises(ValueError, match="not divisible by patch size"):
         model.set_image_size(18)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_token_drop_keeps_a_random_subset_of_patch_tokens_in_training_only(pool):
+    torch.manual_seed(0)
+    config = ViTConfig(embed_dim=16, depth=1, num_heads=2, patch_size=8, pool=pool)  # 16 patches
+    dropping = ViT(replace(config, token_drop=0.25))
+    full = ViT(config)
+    full.load_state_dict(dropping.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    prefix = int(pool == "cls")
+    every = full.embed(x)  # (3, prefix + 16, 16)
+    kept = dropping.train().embed(x)
+    assert kept.shape == (3, prefix + 12, 16)
+    if prefix:
+        assert torch.equal(kept[:, 0], every[:, 0])  # the class token always stays
+    for b in range(3):  # each kept token is one of the image's own tokens, none twice
+        matches = (kept[b, prefix:, None] == every[b, None, prefix:]).all(-1)  # (12, 16)
+        assert matches.sum(1).tolist() == [1] * 12 and matches.sum(0).max() == 1
+    assert not torch.equal(kept, dropping.embed(x))  # a new subset every call
+    assert dropping(x).shape == (3, 10)
+    dropping.eval()  # evaluation sees every token: the same numbers as without token_drop
+    assert torch.equal(dropping(x), full.eval()(x))
+    with pytest.raises(ValueError, match=r"token_drop .* in \[0, 1\)"):
+        ViTConfig(token_drop=1.0)

@@ -27,8 +27,8 @@ from vitlib.train import (
     train,
 )
 
-# drop_path and EMA on, so that resuming must also restore the global RNG and the EMA weights
-MODEL = ViTConfig(embed_dim=16, depth=2, num_heads=2, patch_size=8, drop_path=0.1)
+# drop_path, token_drop and EMA on: resuming must also restore the global RNG and the EMA weights
+MODEL = ViTConfig(embed_dim=16, depth=2, num_heads=2, patch_size=8, drop_path=0.1, token_drop=0.25)
 
 
 @pytest.fixture(scope="module")

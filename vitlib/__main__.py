@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="named settings (default: gpu on a GPU, else cpu)")
     t.add_argument("--preset", choices=list(PRESETS), help="model preset")
     t.add_argument("--drop-path", type=float, help="stochastic depth rate of the model")
+    t.add_argument("--token-drop", type=float,
+                   help="share of patch tokens each training image drops at random (0-1)")
     t.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
     t.add_argument("--out", help="output folder for checkpoint and history (runs/NAME)")
     t.add_argument("--resume", nargs="?", const="", metavar="PATH",
@@ -175,6 +177,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.drop_path is not None:
         model_config = dataclasses.replace(model_config, drop_path=args.drop_path)
+    if args.token_drop is not None:
+        model_config = dataclasses.replace(model_config, token_drop=args.token_drop)
     given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()
              if getattr(args, flag) is not None}
     if args.time_budget is not None:

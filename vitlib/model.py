@@ -39,6 +39,7 @@ class ViTConfig:
     dropout: float = 0.0  # after embeddings, attention projection and MLP
     attn_dropout: float = 0.0  # on the attention weights
     drop_path: float = 0.0  # stochastic depth, rising linearly to this at the last block
+    token_drop: float = 0.0  # training only: share of patch tokens dropped per image at random
     norm_eps: float = 1e-6  # LayerNorm epsilon (Hugging Face checkpoints use 1e-12)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,9 @@ class ViTConfig:
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}; "
                 f"choose num_heads from {options} or change embed_dim"
             )
+        if not 0 <= self.token_drop < 1:
+            raise ValueError(f"token_drop is the share of patch tokens dropped in training, in "
+                             f"[0, 1), got {self.token_drop}; 0 keeps them all")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
         if self.pos_embed not in ("learned", "sincos"):
@@ -172,7 +176,8 @@ class ViT(nn.Module):
         return table.unsqueeze(0)  # (1, T, D)
 
     def embed(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> tokens with positions added (B, T, D)."""
+        """Images (B, C, H, W) -> tokens with positions added (B, T, D). In training with
+        ``token_drop``, each image keeps a random subset of its patch tokens (fewer T)."""
         size = self.config.image_size
         if x.ndim == 4 and tuple(x.shape[-2:]) != (size, size):
             raise ValueError(
@@ -180,10 +185,21 @@ class ViT(nn.Module):
                 f"{x.shape[-2]}×{x.shape[-1]}; resize the images, or call "
                 f"model.set_image_size({x.shape[-1]}) to resize the position embedding"
             )
-        x = self.patch_embed(x)  # (B, N, D)
+        prefix = int(self.cls_token is not None)
+        x = self.patch_embed(x) + self.pos_embed[:, prefix:]  # (B, N, D)
+        if self.training and self.config.token_drop > 0:
+            x = self._keep_random_tokens(x)  # (B, K, D)
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
-        return self.pos_drop(x + self.pos_embed)
+            cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        return self.pos_drop(x)
+
+    def _keep_random_tokens(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, K, D): a random K of the N tokens of each image, K = N·(1 − drop)."""
+        B, N, D = x.shape
+        keep = max(1, round(N * (1 - self.config.token_drop)))
+        index = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, K)
+        return x.gather(1, index[:, :, None].expand(B, keep, D))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images -> final normalised tokens (B, T, D)."""
@@ -274,7 +290,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 def flops_per_image(config: ViTConfig) -> int:
     """Forward-pass FLOPs for one image (2 per multiply-add), counting the matrix products and
-    attention; norms, activations and softmax are left out. Training costs about 3× this."""
+    attention; norms, activations and softmax are left out. Training costs about 3× this
+    (less with ``token_drop``: the blocks then see fewer tokens)."""
     c = config
     n, t, d, h = c.num_patches, c.num_tokens, c.embed_dim, c.mlp_hidden
     patch = 2 * n * (c.in_chans * c.patch_size**2) * d

@@ -879,6 +879,7 @@ class _Run:
         procs = f" × {self.proc.world_size} processes" if self.proc.world_size > 1 else ""
         val = len(self.val) if self.val is not None else 0
         what = (f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size}"
+                + (f" token_drop={m.token_drop:g}" if m.token_drop else "")
                 if m is not None else type(self.model).__name__)
         frozen = count_parameters(self.model, trainable_only=False) - count_parameters(self.model)
         frozen_note = f", {frozen / 1e6:.2f} M frozen" if frozen else ""
