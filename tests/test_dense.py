@@ -116,3 +116,9 @@ def test_inflated_patch_embed_sees_a_still_clip_as_its_image():
     tokens = embed(still)  # (2, 2·2·2, 16)
     per_image = patch_embed(image)  # (2, 4, 16)
     assert torch.allclose(tokens, per_image.repeat(1, 2, 1), atol=1e-5)
+
+
+def test_segmentation_vit_refuses_a_backbone_that_drops_tokens():
+    backbone = ViT(ViTConfig(embed_dim=16, depth=1, num_heads=2, token_drop=0.5))
+    with pytest.raises(ValueError, match="keep all its tokens.*token_drop=0"):
+        SegmentationViT(backbone, num_classes=3)

@@ -52,6 +52,10 @@ class SegmentationViT(nn.Module):
     def __init__(self, backbone: ViT, num_classes: int) -> None:
         super().__init__()
         c = backbone.config
+        if c.token_drop > 0:
+            raise ValueError(f"segmentation predicts every patch, so the backbone must keep all "
+                             f"its tokens; it has token_drop={c.token_drop}: build it with "
+                             "token_drop=0")
         self.backbone = backbone
         self.head = SegmentationHead(c.embed_dim, num_classes, c.patch_size,
                                      (c.grid_size, c.grid_size))
