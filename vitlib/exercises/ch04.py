@@ -13,7 +13,7 @@ from vitlib.model import EncoderBlock
 from vitlib.position import resize_pos_embed, sincos_1d
 
 from .checking import CheckResult, check
-from .compare import tensor_problem
+from .compare import tensor_problem, yes_no_problem
 
 
 def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False) -> CheckResult:
@@ -60,15 +60,6 @@ def _equivariance_cases(dim: int) -> list[tuple[str, Callable[[Tensor], Tensor],
     ]
 
 
-def _as_bool(answer: object) -> bool | None:
-    """A Python, NumPy or one-element tensor boolean as a bool; None for anything else."""
-    if isinstance(answer, Tensor) and answer.numel() == 1 and answer.dtype == torch.bool:
-        return bool(answer)
-    if isinstance(answer, bool) or type(answer).__name__ == "bool_":
-        return bool(answer)
-    return None
-
-
 def check_permutation_equivariance(
     is_equivariant: Callable[[Callable[[Tensor], Tensor], Tensor], bool], quiet: bool = False
 ) -> CheckResult:
@@ -78,13 +69,8 @@ def check_permutation_equivariance(
     def test() -> str | None:
         x = torch.randn(2, 8, 16)
         with torch.no_grad():
-            for what, f, want in _equivariance_cases(dim=16):
-                got = _as_bool(is_equivariant(f, x.clone()))
-                if got is None:
-                    return "is_equivariant should return True or False"
-                if got != want:
-                    return f"for {what} it answered {got}, but the right answer is {want}"
-        return None
+            return yes_no_problem("is_equivariant", _equivariance_cases(dim=16),
+                                  lambda f: is_equivariant(f, x.clone()))
 
     return check(
         "permutation_equivariance", test,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ch04 import _as_bool
 from .checking import CheckResult, check
+from .compare import yes_no_problem
 
 
 def check_conv_output_size(conv_output_size: Callable[[int, int, int, int], int],
@@ -151,13 +151,8 @@ def check_translation_equivariance(
         x = torch.randn(2, 3, 16, 16)
         shift = (random.randint(1, 7), random.randint(9, 15))
         with torch.no_grad():
-            for what, f, want in _translation_cases(channels=3):
-                got = _as_bool(is_equivariant(f, x.clone(), shift))
-                if got is None:
-                    return "is_equivariant should return True or False"
-                if got != want:
-                    return f"for {what} it answered {got}, but the right answer is {want}"
-        return None
+            return yes_no_problem("is_equivariant", _translation_cases(channels=3),
+                                  lambda f: is_equivariant(f, x.clone(), shift))
 
     return check(
         "translation_equivariance", test,

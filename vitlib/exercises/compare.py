@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from torch import Tensor
 
@@ -24,4 +26,30 @@ def tensor_problem(what: str, got: object, expected: Tensor, atol: float = 1e-5)
     error = (got - expected).abs().max().item()
     if not error <= atol:
         return f"{what} differs from the reference by up to {error:.3g}"
+    return None
+
+
+def as_bool(answer: object) -> bool | None:
+    """A Python, NumPy or one-element tensor boolean as a bool; None for anything else."""
+    if isinstance(answer, Tensor) and answer.numel() == 1 and answer.dtype == torch.bool:
+        return bool(answer)
+    if isinstance(answer, bool) or type(answer).__name__ == "bool_":
+        return bool(answer)
+    return None
+
+
+def yes_no_problem(
+    function_name: str,
+    cases: Iterable[tuple[str, object, bool]],
+    answer: Callable[[object], object],
+) -> str | None:
+    """None when ``answer(case)`` is the right True/False for every ``(what, case, right)``,
+    else a sentence about the first one it gets wrong (``function_name`` names the student's
+    function)."""
+    for what, case, want in cases:
+        got = as_bool(answer(case))
+        if got is None:
+            return f"{function_name} should return True or False"
+        if got != want:
+            return f"for {what} it answered {got}, but the right answer is {want}"
     return None
