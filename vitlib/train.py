@@ -874,17 +874,18 @@ class _Run:
         elif device == "cpu":
             n = torch.get_num_threads()
             device = (f"CPU, {n} thread{'s' * (n > 1)}" if self.threads is None else
-                      f"CPU, 1 or {torch.get_num_threads()} threads (the faster, per epoch)")
+                      f"CPU, 1 or {n} threads (the faster, per epoch)")
         budget = f", time budget {_minutes(c.time_budget_s)}" if c.time_budget_s else ""
         procs = f" × {self.proc.world_size} processes" if self.proc.world_size > 1 else ""
         val = len(self.val) if self.val is not None else 0
         what = (f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size}"
                 + (f" token_drop={m.token_drop:g}" if m.token_drop else "")
                 if m is not None else type(self.model).__name__)
-        frozen = count_parameters(self.model, trainable_only=False) - count_parameters(self.model)
+        trainable = count_parameters(self.model)
+        frozen = count_parameters(self.model, trainable_only=False) - trainable
         frozen_note = f", {frozen / 1e6:.2f} M frozen" if frozen else ""
         return (
-            f"{what} ({count_parameters(self.model) / 1e6:.2f} M trainable parameters"
+            f"{what} ({trainable / 1e6:.2f} M trainable parameters"
             f"{frozen_note}) on {device}{procs}, "
             f"{self.precision}\n{len(self.labels)} train / {val} val images, batch "
             f"{c.batch_size}, lr {c.lr:g}, up to {c.epochs} epochs{budget}"
