@@ -29,6 +29,7 @@ from vitlib.train import (
 
 # drop_path, token_drop and EMA on: resuming must also restore the global RNG and the EMA weights
 MODEL = ViTConfig(embed_dim=16, depth=2, num_heads=2, patch_size=8, drop_path=0.1, token_drop=0.25)
+SWITCH = 0.75  # token_drop_until of the resume tests: the switch falls after the break
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ class Crash(Exception):
 
 
 def test_crash_after_an_epoch_then_resume_equals_a_straight_run(data, tmp_path, monkeypatch):
-    straight = train(MODEL, config(tmp_path / "a"), data)
+    straight = train(MODEL, config(tmp_path / "a", token_drop_until=SWITCH), data)
     assert len(straight.epochs) == 2 and straight.stop_reason == "epochs"
 
     real_save = train_module.save_checkpoint
@@ -78,27 +79,29 @@ def test_crash_after_an_epoch_then_resume_equals_a_straight_run(data, tmp_path, 
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        train(MODEL, config(tmp_path / "b"), data)
+        train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "b")["progress"]["epoch"] == 1
 
-    resumed = train(MODEL, config(tmp_path / "b"), data, resume=tmp_path / "b")
+    resumed = train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data,
+                    resume=tmp_path / "b")
     assert without_timing(resumed) == without_timing(straight)
     assert resumed.test_acc == straight.test_acc
     assert_same_run(tmp_path / "a" / CHECKPOINT_NAME, tmp_path / "b" / CHECKPOINT_NAME)
 
 
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch):
-    train(MODEL, config(tmp_path / "a"), data)
+    train(MODEL, config(tmp_path / "a", token_drop_until=SWITCH), data)
 
     press_ctrl_c_at(monkeypatch, {3})  # in the third step of the first epoch
     with pytest.raises(KeyboardInterrupt):
-        train(MODEL, config(tmp_path / "b"), data)
+        train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data)
     monkeypatch.undo()
     progress = load_checkpoint(tmp_path / "b")["progress"]
     assert progress["epoch"] == 0 and 0 < progress["batch"] < 25  # stopped mid-epoch
 
-    train(MODEL, config(tmp_path / "b"), data, resume=tmp_path / "b" / CHECKPOINT_NAME)
+    train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data,
+          resume=tmp_path / "b" / CHECKPOINT_NAME)
     assert_same_run(tmp_path / "a" / CHECKPOINT_NAME, tmp_path / "b" / CHECKPOINT_NAME)
 
 
@@ -194,6 +197,28 @@ def test_time_budget_stops_training_and_finishes_the_schedule(data, tmp_path, mo
     assert 50 <= last["step"] <= 200  # about 10 readings of 10 steps each, not 10,000 epochs
     assert last["lr"] <= 2e-3 * 0.5  # the cosine was fitted to the budget, not to 10,000 epochs
     assert history.test_acc is not None
+
+
+def test_token_dropping_stops_at_its_share_of_the_run(data, monkeypatch):
+    tokens = []  # tokens the first block sees in each training step
+    real_forward = train_module.ViT.forward_features
+
+    def forward_features(self, x):
+        out = real_forward(self, x)
+        if self.training:
+            tokens.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(train_module.ViT, "forward_features", forward_features)
+    model = ViT(replace(MODEL, token_drop=0.5))
+    history = train(model, config(None, token_drop_until=0.4), data)  # 50 steps
+    assert history.stop_reason == "epochs" and len(tokens) == 50
+    assert tokens == [8] * 20 + [16] * 30  # 16 patches: half of them for 40 % of the steps
+    assert model.token_drop == 0.5  # the model leaves the run as it came
+    with pytest.raises(ValueError, match=r"token_drop_until must|share of the run.*\(0, 1\]"):
+        config(None, token_drop_until=0.0)
+    with pytest.raises(ValueError, match="token_drop_until=0.5 has no effect.*--token-drop"):
+        train(replace(MODEL, token_drop=0.0), config(None, token_drop_until=0.5), data)
 
 
 def test_no_out_dir_writes_nothing(data, tmp_path, monkeypatch):

@@ -145,6 +145,9 @@ class ViT(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = c = config
+        # share of patch tokens dropped in training: config.token_drop, until a trainer turns
+        # it off for the end of a run (TrainConfig.token_drop_until)
+        self.token_drop = c.token_drop
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.pool == "cls" else None
         if c.pos_embed == "learned":
@@ -187,7 +190,7 @@ class ViT(nn.Module):
             )
         prefix = int(self.cls_token is not None)
         x = self.patch_embed(x) + self.pos_embed[:, prefix:]  # (B, N, D)
-        if self.training and self.config.token_drop > 0:
+        if self.training and self.token_drop > 0:
             x = self._keep_random_tokens(x)  # (B, K, D)
         if self.cls_token is not None:
             cls = self.cls_token + self.pos_embed[:, :1]  # (1, 1, D)
@@ -197,7 +200,7 @@ class ViT(nn.Module):
     def _keep_random_tokens(self, x: Tensor) -> Tensor:
         """(B, N, D) -> (B, K, D): a random K of the N tokens of each image, K = N·(1 − drop)."""
         B, N, D = x.shape
-        keep = max(1, round(N * (1 - self.config.token_drop)))
+        keep = max(1, round(N * (1 - self.token_drop)))
         index = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, K)
         return x.gather(1, index[:, :, None].expand(B, keep, D))
 

@@ -61,6 +61,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
     ema_decay: float = 0.0  # per-step moving average of the weights (e.g. 0.999); 0 = off
     layer_decay: float = 1.0  # ViT fine-tuning: block i of L learns at lr·layer_decay^(L−i)
+    token_drop_until: float = 1.0  # a ViT with token_drop drops tokens for this share of the
+    # run (by the schedule's progress), then trains on all of them
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # on-device augmentation
     precision: str = "auto"  # "auto": bf16 on GPUs with it, else fp16; fp32 on CPU
     compile: bool = False  # torch.compile the model (faster GPU steps after a slow first one)
@@ -89,6 +91,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.token_drop_until <= 1:
+            raise ValueError(f"token_drop_until is the share of the run with token dropping, in "
+                             f"(0, 1] (1 = the whole run), got {self.token_drop_until}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1] (1 = the same lr everywhere), got "
                              f"{self.layer_decay}")
@@ -470,6 +475,12 @@ class _Run:
                             f"{type(model).__name__}")
         # the shape a checkpoint records (None: not a vitlib ViT, so load_model cannot rebuild it)
         self.model_config = model.config if isinstance(model, ViT) else None
+        if config.token_drop_until < 1 and not (self.model_config and self.model_config.token_drop):
+            raise ValueError(
+                f"token_drop_until={config.token_drop_until:g} has no effect: this model drops "
+                "no tokens (token_drop=0, or not a vitlib ViT); build it with a token_drop "
+                "(e.g. --token-drop 0.5), or leave token_drop_until at 1"
+            )
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(self.model, config)
@@ -631,6 +642,19 @@ class _Run:
             done = max(done, self.train_time / self.config.time_budget_s)
         return done
 
+    def _set_token_drop(self) -> None:
+        """The model's token dropping for the next step: its config's share until
+        ``token_drop_until`` of the run, none after. The switch changes the compiled step's
+        shapes, so its next steps compile again, timed apart like the first ones."""
+        if self.model_config is None or not self.model_config.token_drop:
+            return
+        on = self._progress() < self.config.token_drop_until
+        rate = self.model_config.token_drop if on else 0.0
+        if self.model.token_drop != rate:
+            self.model.token_drop = rate
+            if self.config.compile:
+                self._steps_to_compile = COMPILE_STEPS
+
     def _train_step(self, images: Tensor, labels: Tensor) -> None:
         """One optimizer step, then the bookkeeping: EMA, the epoch's sums, the NaN watch."""
         c = self.config
@@ -731,6 +755,7 @@ class _Run:
         while self.batch < self.steps_per_epoch and reason is None:
             first = self.batch * c.batch_size + proc.rank * local  # this process's part
             index = order[first:first + local]
+            self._set_token_drop()
             compiling = self._steps_to_compile > 0
             if compiling:
                 self._sync()
@@ -801,7 +826,8 @@ class _Run:
         if self.show:
             tqdm.write(self._describe())
         reason = None
-        with _StopRequest(announce=self.show) as stop, self._report_hard_stop():
+        with (_StopRequest(announce=self.show) as stop, self._report_hard_stop(),
+              self._token_drop_restored()):
             while self.epoch < c.epochs and reason is None:
                 if c.time_budget_s is not None and self.train_time >= c.time_budget_s:
                     reason = "time budget"
@@ -823,6 +849,15 @@ class _Run:
         self.history.stop_reason = reason or "epochs"
         self._test()
         return self.history
+
+    @contextmanager
+    def _token_drop_restored(self):
+        """The model leaves the run with its config's token dropping, however the run ends."""
+        try:
+            yield
+        finally:
+            if self.model_config is not None:
+                self.model.token_drop = self.model_config.token_drop
 
     @contextmanager
     def _report_hard_stop(self):
@@ -880,6 +915,7 @@ class _Run:
         val = len(self.val) if self.val is not None else 0
         what = (f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size}"
                 + (f" token_drop={m.token_drop:g}" if m.token_drop else "")
+                + (f" for {c.token_drop_until:.0%} of the run" if c.token_drop_until < 1 else "")
                 if m is not None else type(self.model).__name__)
         trainable = count_parameters(self.model)
         frozen = count_parameters(self.model, trainable_only=False) - trainable
