@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU run, everything in order of importance, each step held to the time left:
-#   1. throughput: typical and fast rows (the first load decodes and caches the data)
+#   1. throughput: typical, fast and trainer rows (the first load decodes and caches the data)
 #   2. time to accuracy, recipe cifar_fast (120 s of training)
 #   3. throughput: timm row
 #   4. time to accuracy, recipe cifar_fast_30 (30 s of training)
@@ -41,14 +41,14 @@ torchvision.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cp
 
 # keep at least 85 s for step 2
 cap=$(($(left) - 85)); [ "$cap" -lt 75 ] && cap=75
-run bench_fast 60 "$cap" $PY -m vitlib bench --rows typical,fast --json "$OUT/bench.json" \
+run bench_fast 60 "$cap" $PY -m vitlib bench --rows typical,fast,trainer --json "$OUT/bench.json" \
     --deadline 120 "${SMOKE[@]}"
 rc=$?
 if [ $rc -ne 124 ] && ! $PY -c "import json, sys; rows = json.load(open('$OUT/bench.json'))['rows']
 sys.exit('fast' not in [r['name'] for r in rows])" 2>/dev/null; then
     # the fast row failed (not timed out): measure it again without CUDA graphs
-    run bench_fast_plain 160 70 $PY -m vitlib bench --rows fast --fast-compile-mode default \
-        --no-ceilings --json "$OUT/bench.json" "${SMOKE[@]}"
+    run bench_fast_plain 160 90 $PY -m vitlib bench --rows fast,trainer \
+        --fast-compile-mode default --no-ceilings --json "$OUT/bench.json" "${SMOKE[@]}"
 fi
 ATTENTION=$($PY -c "import json; print(json.load(open('$OUT/bench.json'))['attention']['choice'])" \
     2>/dev/null || true)

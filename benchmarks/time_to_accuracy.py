@@ -4,6 +4,14 @@ seeds; prints validation accuracy against training seconds and the final test ac
     python benchmarks/time_to_accuracy.py                       # recipe cifar_fast, 120 s
     python benchmarks/time_to_accuracy.py --recipe cifar_fast_30 --seeds 3
     python benchmarks/time_to_accuracy.py --smoke               # seconds on a CPU, made-up data
+    python benchmarks/time_to_accuracy.py --recipe cifar_fast_30 --drop-path 0.1
+    python benchmarks/time_to_accuracy.py --recipe cifar_fast_30 --deadline 300 \
+        --variant "drop-path=--drop-path 0.1" --variant "batch 512=--batch-size 512 --lr 1.4e-3"
+
+The flags of ``python -m vitlib train`` that change a recipe (``--lr``, ``--drop-path``,
+``--erase``, ...) change it here too. Each ``--variant "NAME=FLAGS"`` is a further run of the
+recipe with FLAGS on top, at the same budget, in the same process; a table compares them at
+the end. ``--deadline`` skips the runs that would end after it.
 
 The training is ``vitlib.train.train`` with the recipe's settings (``vitlib.train.RECIPES``).
 Its clock counts training steps only; data loading, compilation (the first steps) and
@@ -17,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -25,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from vitlib.__main__ import add_recipe_flags, apply_recipe_flags
 from vitlib.checkpoint import load_checkpoint
 from vitlib.data import load_cifar10, synthetic_cifar
 from vitlib.model import ViT, ViTConfig, get_config
@@ -44,27 +55,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="runs, with seeds --seed, --seed + 1, ...")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--data", help="CIFAR-10 path or 'synthetic' (default: $VITLIB_DATA)")
-    p.add_argument("--compile-mode", help="torch.compile mode, or 'none' for eager "
-                   "(default: the recipe's, reduce-overhead = CUDA graphs)")
-    p.add_argument("--attention", help="attention kernel: flash, efficient, cudnn or math "
-                   "(default: PyTorch's choice); `python -m vitlib bench` measures them")
-    p.add_argument("--token-drop", type=float, default=0.0,
-                   help="share of patch tokens each training image drops (ViTConfig.token_drop)")
-    p.add_argument("--out", help="keep each seed's checkpoint and history in OUT/seed_N "
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="also run the recipe with these recipe flags on top (repeatable)")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="skip the runs that would end more than SECONDS after the start "
+                   "(estimated from the run before)")
+    p.add_argument("--out", help="keep each run's checkpoint and history in OUT/VARIANT/seed_N "
                    "(default: a temporary folder)")
-    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--json", help="write the results to this file (after every run)")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny model, made-up data, 2 epochs, no compilation unless "
-                   "--compile-mode")
+                   help="tiny model, made-up data, 2 epochs, no compilation unless --compile")
+    add_recipe_flags(p)
     return p
 
 
-def settings(args: argparse.Namespace) -> tuple[ViTConfig, TrainConfig]:
-    """The recipe with the command line's changes; validation stays at about 10 points along
-    the run when ``--budget`` shortens or lengthens it."""
+class _VariantParser(argparse.ArgumentParser):
+    """Parses a variant's FLAGS; raises ValueError instead of exiting."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def parse_variants(specs: list[str]) -> list[tuple[str, str, argparse.Namespace]]:
+    """``NAME=FLAGS`` strings -> (name, flags, parsed flags); the recipe itself comes first,
+    as "recipe" with no flags."""
+    parser = _VariantParser(prog="--variant", add_help=False, allow_abbrev=False)
+    add_recipe_flags(parser)
+    variants = [("recipe", "", parser.parse_args([]))]
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"--variant {spec!r} has no name; write it as NAME=FLAGS, e.g. "
+                             f"--variant \"drop-path=--drop-path 0.1\"")
+        if name in [v[0] for v in variants]:
+            raise ValueError(f"--variant name {name!r} is used twice; give each its own name")
+        try:
+            variants.append((name, flags.strip(), parser.parse_args(shlex.split(flags))))
+        except ValueError as err:
+            raise ValueError(f"--variant {name!r}: {err}") from None
+    return variants
+
+
+def settings(args: argparse.Namespace, variant: argparse.Namespace | None = None
+             ) -> tuple[ViTConfig, TrainConfig]:
+    """The recipe with the command line's changes, then the variant's; validation stays at
+    about 10 points along the run when ``--budget`` shortens or lengthens it."""
     preset, config = get_recipe(args.recipe)
-    model_config = get_config(preset, **(SMOKE_MODEL if args.smoke else {}),
-                              token_drop=args.token_drop)
+    model_config = get_config(preset, **(SMOKE_MODEL if args.smoke else {}))
     changes: dict = {"progress": False}
     if args.budget is not None and config.time_budget_s:
         changes["eval_every"] = max(1, round(config.eval_every * args.budget
@@ -72,13 +110,11 @@ def settings(args: argparse.Namespace) -> tuple[ViTConfig, TrainConfig]:
         changes["time_budget_s"] = args.budget
     if args.smoke:
         changes |= SMOKE_TRAIN
-    if args.compile_mode is not None:
-        changes["compile"] = args.compile_mode != "none"
-        if changes["compile"]:
-            changes["compile_mode"] = args.compile_mode
-    if args.attention is not None:
-        changes["attention"] = args.attention
-    return model_config, dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **changes)
+    model_config, config = apply_recipe_flags(args, model_config, config)
+    if variant is not None:
+        model_config, config = apply_recipe_flags(variant, model_config, config)
+    return model_config, config
 
 
 def score_variants(checkpoint: Path, data, config: TrainConfig) -> dict[str, dict[str, float]]:
@@ -129,17 +165,56 @@ def run_seed(model_config: ViTConfig, config: TrainConfig, data, out: Path) -> d
     }
 
 
+def summarise(runs: list[dict]) -> dict:
+    """Mean and standard deviation of the runs' test accuracy (std 0 for one run)."""
+    accs = [run["test_acc"] for run in runs]
+    return {"test_acc_mean": statistics.mean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+
+
+def comparison_table(variants: list[dict]) -> str:
+    """One line per variant that ran: test mean ± std, validation, speed, epochs, flags."""
+    lines = [f"{'variant':<16} {'test (mean ± std)':>19} {'val':>7} {'images/s':>10} "
+             f"{'epochs':>7}  flags"]
+    for v in variants:
+        if not v["runs"]:
+            lines.append(f"{v['name']:<16} {'skipped':>19}")
+            continue
+        runs = v["runs"]
+        val = statistics.mean(run["final"][run["chosen"]]["val"] for run in runs)
+        speed = statistics.mean(run["images_per_s"] for run in runs)
+        epochs = statistics.mean(run["epochs"] for run in runs)
+        acc = f"{v['test_acc_mean']:.2%} ± {v['test_acc_std']:.2%}"
+        lines.append(f"{v['name']:<16} {acc:>19} {val:7.2%} {speed:10,.0f} {epochs:7.1f}  "
+                     f"{v['flags'] or '(the recipe)'}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, result: dict) -> None:
+    """Write ``result`` to ``path`` through a temporary file, so a kill leaves the last one."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.seeds < 1:
-        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
-    model_config, config = settings(args)
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    try:
+        variants = [(name, flags, *settings(args, parsed))
+                    for name, flags, parsed in parse_variants(args.variant)]
+    except ValueError as err:  # a bad flag value, or a setting the configs refuse
+        parser.error(str(err))
+    started = time.perf_counter()
+    _, _, _, config = variants[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"device: {name} · torch {torch.__version__} · recipe {args.recipe} · "
-          f"budget {config.time_budget_s} s · seeds {args.seed}..{args.seed + args.seeds - 1}")
+          f"budget {config.time_budget_s} s · seeds {args.seed}..{args.seed + args.seeds - 1}"
+          + (f" · {len(variants)} variants" if len(variants) > 1 else ""))
 
-    started = time.perf_counter()
     if args.data == "synthetic" or (args.smoke and args.data is None):
         data = synthetic_cifar(**SMOKE_DATA)
     else:
@@ -148,32 +223,47 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(data.train)} train (of which {config.val_size} validation) / "
           f"{len(data.test)} test images, loaded in {data_s:.1f} s")
 
-    runs = []
+    result = {"recipe": args.recipe, "device": name, "torch": torch.__version__,
+              "data_s": data_s, "variants": []}
+    last_run_s = 0.0  # wall seconds of the run before: the estimate for the next
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.seed, args.seed + args.seeds):
-            out = Path(args.out or scratch) / f"seed_{seed}"
-            print(f"seed {seed}:")
-            run = run_seed(model_config, dataclasses.replace(config, seed=seed), data, out)
-            runs.append(run)
-            print(f"RESULT recipe {args.recipe} seed {seed}: test {run['test_acc']:.2%} "
-                  f"({run['chosen']}, chosen on val {run['final'][run['chosen']]['val']:.2%}) "
-                  f"after {run['train_s']:.1f} s of training ({run['steps']} steps, "
-                  f"{run['epochs']:.1f} epochs, {run['images_per_s']:,.0f} images/s, stopped "
-                  f"by {run['stop_reason']}); data {data_s:.1f} s, compile "
-                  f"{run['compile_s']:.1f} s; {name}")
-
-    accs = [run["test_acc"] for run in runs]
-    mean = statistics.mean(accs)
-    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    print(f"RESULT recipe {args.recipe}: test {mean:.2%} ± {std:.2%} (mean ± std over "
-          f"{len(accs)} seed{'s' * (len(accs) > 1)}); {name}")
+        for variant, flags, model_config, config in variants:
+            record = {"name": variant, "flags": flags, "model": dataclasses.asdict(model_config),
+                      "train": config.to_dict(), "runs": []}
+            result["variants"].append(record)
+            label = args.recipe + ("" if variant == "recipe" else f" + {variant}")
+            for seed in range(args.seed, args.seed + args.seeds):
+                elapsed = time.perf_counter() - started
+                if args.deadline is not None and elapsed + last_run_s > args.deadline:
+                    print(f"{label} seed {seed}: skipped, it would end after the "
+                          f"{args.deadline:.0f} s deadline ({elapsed:.0f} s gone)")
+                    continue
+                folder = variant if len(variants) > 1 else ""
+                out = Path(args.out or scratch) / folder / f"seed_{seed}"
+                print(f"{label}, seed {seed}:")
+                run_started = time.perf_counter()
+                run = run_seed(model_config, dataclasses.replace(config, seed=seed), data, out)
+                last_run_s = time.perf_counter() - run_started
+                record["runs"].append(run)
+                record |= summarise(record["runs"])
+                print(f"RESULT recipe {label} seed {seed}: test {run['test_acc']:.2%} "
+                      f"({run['chosen']}, chosen on val {run['final'][run['chosen']]['val']:.2%}) "
+                      f"after {run['train_s']:.1f} s of training ({run['steps']} steps, "
+                      f"{run['epochs']:.1f} epochs, {run['images_per_s']:,.0f} images/s, stopped "
+                      f"by {run['stop_reason']}); data {data_s:.1f} s, compile "
+                      f"{run['compile_s']:.1f} s; {name}")
+                if args.json:
+                    write_json(args.json, result)
+            if record["runs"]:
+                n = len(record["runs"])
+                print(f"RESULT recipe {label}: test {record['test_acc_mean']:.2%} ± "
+                      f"{record['test_acc_std']:.2%} (mean ± std over {n} seed"
+                      f"{'s' * (n > 1)}); {name}")
+    if len(variants) > 1:
+        print()
+        print(comparison_table(result["variants"]))
     if args.json:
-        result = {
-            "recipe": args.recipe, "device": name, "torch": torch.__version__,
-            "model": dataclasses.asdict(model_config), "train": config.to_dict(),
-            "data_s": data_s, "runs": runs, "test_acc_mean": mean, "test_acc_std": std,
-        }
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

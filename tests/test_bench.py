@@ -26,6 +26,28 @@ def test_bench_smoke_prints_a_table_with_each_pipeline(tmp_path, capsys):
     assert report["attention"]["choice"] in ("flash", "math")  # what a CPU has
 
 
+def test_trainer_row_times_the_training_engine_itself(monkeypatch, tmp_path):
+    runs = []
+    real_train = bench.train
+
+    def spy(model, config, data):
+        history = real_train(model, config, data)
+        runs.append((config, history))
+        return history
+
+    monkeypatch.setattr(bench, "train", spy)
+    assert bench.main(["--smoke", "--rows", "trainer", "--json", str(tmp_path / "b.json")]) == 0
+    [(config, history)] = runs
+    _, recipe = bench.get_recipe("cifar_fast")
+    assert config.fast_step and config.ema_decay == recipe.ema_decay and config.lr == recipe.lr
+    assert config.augment.mixup_alpha == 0 and config.augment.num_ops == 0  # crop + flip only
+    assert config.max_train_samples == 2 * 16 and config.epochs == 2  # smoke: 2 steps, 1 window
+    assert [r["step"] for r in history.epochs] == [2, 4]  # a warm-up epoch, a timed one
+    [row] = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["name"] == "trainer" and row["spread"] == 0.0
+    assert row["images_per_s"] == pytest.approx(history.epochs[1]["images_per_s"], rel=1e-9)
+
+
 def test_bench_json_collects_rows_of_several_runs(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--rows", "typical", "--json", str(out)])
@@ -75,8 +97,10 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
     assert script.main(["--smoke", "--seeds", "2", "--out", str(tmp_path / "runs"),
                         "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [run["seed"] for run in result["runs"]] == [0, 1]
-    for run in result["runs"]:
+    [variant] = result["variants"]
+    assert variant["name"] == "recipe" and variant["flags"] == ""
+    assert [run["seed"] for run in variant["runs"]] == [0, 1]
+    for run in variant["runs"]:
         assert [p["epoch"] for p in run["curve"]] == [1, 2]  # validated every epoch
         assert run["curve"][0]["time_s"] <= run["curve"][1]["time_s"] == round(run["train_s"], 2)
         assert set(run["final"]) == {"model", "model+flip", "ema", "ema+flip"}
@@ -85,9 +109,9 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
         for scores in run["final"].values():
             assert 0 <= scores["val"] <= 1 and 0 <= scores["test"] <= 1
         assert (tmp_path / "runs" / f"seed_{run['seed']}" / "checkpoint.pt").is_file()
-    accs = [run["test_acc"] for run in result["runs"]]
-    assert result["test_acc_mean"] == pytest.approx(sum(accs) / 2)
-    assert result["test_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    accs = [run["test_acc"] for run in variant["runs"]]
+    assert variant["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert variant["test_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     printed = capsys.readouterr().out
     assert "RESULT recipe cifar_fast seed 1: test" in printed
     assert "RESULT recipe cifar_fast: test" in printed and "over 2 seeds" in printed
@@ -95,11 +119,77 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
 
 def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
     model, config = script.settings(script.build_parser().parse_args(
-        ["--budget", "60", "--compile-mode", "none", "--attention", "math", "--token-drop",
-         "0.5"]))
+        ["--budget", "60", "--no-compile", "--attention", "math", "--token-drop", "0.5"]))
     assert config.time_budget_s == 60 and config.eval_every == 10  # recipe: 120 s, every 20
     assert not config.compile and config.fast_step and config.attention == "math"
     assert model.token_drop == 0.5 and model.embed_dim == 192  # the recipe's model, dropping
+
+
+def test_time_to_accuracy_takes_the_train_commands_recipe_flags(script):
+    model, config = script.settings(script.build_parser().parse_args(
+        ["--recipe", "cifar_fast_30", "--drop-path", "0.1", "--batch-size", "512", "--lr",
+         "1e-3", "--erase", "0.25", "--eval-every", "7"]))
+    assert model.drop_path == 0.1 and config.batch_size == 512 and config.lr == 1e-3
+    assert config.augment.erase_prob == 0.25 and config.augment.num_ops == 1  # the rest kept
+    assert config.eval_every == 7 and config.time_budget_s == 30  # a given flag wins
+
+
+class _FakeClock:
+    """time.perf_counter for the script: advanced by the fake runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_variants_run_on_top_of_the_recipe_until_the_deadline(script, monkeypatch, tmp_path,
+                                                               capsys):
+    clock, seen = _FakeClock(), []
+
+    def fake_run(model_config, config, data, out):
+        seen.append((model_config.drop_path, config.batch_size, config.seed, out.parent.name))
+        clock.now += 60.0  # every run takes a minute
+        acc = 0.5 + model_config.drop_path + config.seed / 100
+        return {"test_acc": acc, "chosen": "ema", "final": {"ema": {"val": acc, "test": acc}},
+                "train_s": 50.0, "steps": 10, "epochs": 3.0, "images_per_s": 1000.0,
+                "stop_reason": "time budget", "compile_s": 5.0}
+
+    monkeypatch.setattr(script, "run_seed", fake_run)
+    monkeypatch.setattr(script, "time", clock)
+    out = tmp_path / "tta.json"
+    assert script.main(["--smoke", "--seeds", "2", "--deadline", "200", "--json", str(out),
+                        "--variant", "dp=--drop-path 0.1", "--variant",
+                        "big batch = --batch-size 128 --drop-path 0.2"]) == 0
+    # 0 s: recipe seed 0; 60 s: seed 1; 120 s: dp seed 0 (ends at 180); dp seed 1 would end at
+    # 240, after the deadline, and so would everything after it
+    assert seen == [(0.0, 64, 0, "recipe"), (0.0, 64, 1, "recipe"), (0.1, 64, 0, "dp")]
+    variants = json.loads(out.read_text())["variants"]
+    assert [v["name"] for v in variants] == ["recipe", "dp", "big batch"]
+    assert variants[0]["test_acc_mean"] == pytest.approx(0.505)
+    assert variants[1]["test_acc_std"] == 0.0 and variants[2]["runs"] == []
+    assert variants[2]["model"]["drop_path"] == 0.2 and variants[2]["train"]["batch_size"] == 128
+    printed = capsys.readouterr().out
+    assert "RESULT recipe cifar_fast + dp seed 0: test 60.00%" in printed
+    assert "cifar_fast + big batch seed 1: skipped" in printed
+    table = printed[printed.index("variant "):].splitlines()
+    assert table[1].split()[:4] == ["recipe", "50.50%", "±", "0.71%"]
+    assert table[2].split()[:2] == ["dp", "60.00%"] and table[2].endswith("--drop-path 0.1")
+    assert table[3].split() == ["big", "batch", "skipped"]
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ("--drop-path 0.1", "has no name"),
+    ("dp=--drop-pat 0.1", "'dp': unrecognized arguments: --drop-pat"),
+    ("td=--token-drop 1.5", "token_drop is the share of patch tokens"),
+    ("recipe=--lr 1e-3", "is used twice"),
+])
+def test_a_bad_variant_is_refused_before_any_training(script, variant, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--smoke", "--variant", variant])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_augment_speed_smoke_prints_a_row_per_setting(capsys):

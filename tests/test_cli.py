@@ -54,12 +54,16 @@ def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
 
 
 def test_named_recipe_with_flags_on_top(tmp_path, capsys):
-    args = [*SMOKE, "--recipe", "cifar_fast", "--precision", "fp32", "--out", str(tmp_path)]
+    args = [*SMOKE, "--recipe", "cifar_fast", "--precision", "fp32", "--out", str(tmp_path),
+            "--token-drop", "0.5", "--token-drop-until", "0.6", "--erase", "0.25"]
     assert main(args) == 0
     assert "test acc" in capsys.readouterr().out
-    config = load_checkpoint(tmp_path)["train_config"]
+    state = load_checkpoint(tmp_path)
+    config = state["train_config"]
     assert config["fast_step"] and config["batch_size"] == 64  # the recipe, then --smoke
     assert config["augment"]["mixup_alpha"] == 0.8 and not config["compile"]
+    assert config["augment"]["erase_prob"] == 0.25 and config["token_drop_until"] == 0.6
+    assert state["model_config"]["token_drop"] == 0.5
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import torch
 
 from .fast import ATTENTION_BACKENDS
 from .model import PRESETS, ViTConfig, get_config
-from .train import RECIPES
+from .train import RECIPES, TrainConfig
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
@@ -33,22 +33,82 @@ SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
 }
 SYNTHETIC = {"n_train": 512, "n_test": 256, "seed": 0}  # the made-up data of --data synthetic
 
-# command-line flag -> TrainConfig field (None = not given, keep the recipe's value)
-TRAIN_FLAGS = {
+# flags that change a recipe (shared with benchmarks/time_to_accuracy.py), flag -> field;
+# None = not given, keep the recipe's value
+MODEL_FLAGS = {"drop_path": "drop_path", "token_drop": "token_drop"}  # ViTConfig fields
+RECIPE_FLAGS = {  # TrainConfig fields
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
     "min_lr_ratio": "min_lr_ratio", "label_smoothing": "label_smoothing",
     "grad_clip": "grad_clip", "ema_decay": "ema_decay", "precision": "precision",
     "compile": "compile", "compile_mode": "compile_mode", "fast_step": "fast_step",
-    "attention": "attention", "seed": "seed", "val_size": "val_size", "eval_every": "eval_every",
-    "threads": "num_threads", "device": "device", "out": "out_dir",
-    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
+    "attention": "attention", "val_size": "val_size", "eval_every": "eval_every",
+    "token_drop_until": "token_drop_until",
 }
-AUGMENT_FLAGS = {
+AUGMENT_FLAGS = {  # AugmentConfig fields
     "crop_padding": "crop_padding", "flip": "flip", "trivial_augment": "num_ops",
     "magnitude": "magnitude", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha",
     "mix_prob": "mix_prob", "erase": "erase_prob",
 }
+# flags of the train command only: where and how a run is housed (TrainConfig fields)
+RUN_FLAGS = {
+    "seed": "seed", "threads": "num_threads", "device": "device", "out": "out_dir",
+    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
+}
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that change a recipe's model regularisation, optimisation, step and
+    augmentation (``MODEL_FLAGS``, ``RECIPE_FLAGS``, ``AUGMENT_FLAGS``)."""
+    p = parser.add_argument_group("recipe")
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate of the model")
+    p.add_argument("--token-drop", type=float,
+                   help="share of patch tokens each training image drops at random (0-1)")
+    p.add_argument("--token-drop-until", type=float, metavar="SHARE",
+                   help="drop tokens for this share of the run only, then keep all (0-1]")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    p.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
+    p.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    p.add_argument("--compile-mode", help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    p.add_argument("--fast-step", action=argparse.BooleanOptionalAction,
+                   help="bf16 weights and activations in one compiled step (one process)")
+    p.add_argument("--attention", choices=list(ATTENTION_BACKENDS),
+                   help="attention kernel of the fast step (default: PyTorch's choice)")
+    p.add_argument("--val-size", type=int, help="training images held out for validation")
+    p.add_argument("--eval-every", type=int, help="validate every N epochs")
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument("--crop-padding", type=int, help="random crop padding in pixels (0 = off)")
+    aug.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random flips")
+    aug.add_argument("--trivial-augment", type=int, metavar="N",
+                     help="TrivialAugment ops per image (0 = off)")
+    aug.add_argument("--magnitude", type=float, help="TrivialAugment top strength in (0, 1]")
+    aug.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup alpha (0 = off)")
+    aug.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix alpha (0 = off)")
+    aug.add_argument("--mix-prob", type=float, help="chance an image is mixed")
+    aug.add_argument("--erase", type=float, metavar="PROB", help="random erasing probability")
+
+
+def apply_recipe_flags(
+    args: argparse.Namespace, model_config: ViTConfig, config: TrainConfig
+) -> tuple[ViTConfig, TrainConfig]:
+    """``model_config`` and ``config`` with the recipe flags that were given put in."""
+    model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items()
+             if getattr(args, flag) is not None}
+    given = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items()
+             if getattr(args, flag) is not None}
+    augment = {field: getattr(args, flag) for flag, field in AUGMENT_FLAGS.items()
+               if getattr(args, flag) is not None}
+    if augment:
+        given["augment"] = dataclasses.replace(config.augment, **augment)
+    return dataclasses.replace(model_config, **model), dataclasses.replace(config, **given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,36 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", choices=list(RECIPES),
                    help="named settings (default: gpu on a GPU, else cpu)")
     t.add_argument("--preset", choices=list(PRESETS), help="model preset")
-    t.add_argument("--drop-path", type=float, help="stochastic depth rate of the model")
-    t.add_argument("--token-drop", type=float,
-                   help="share of patch tokens each training image drops at random (0-1)")
     t.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
     t.add_argument("--out", help="output folder for checkpoint and history (runs/NAME)")
     t.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help="continue from a checkpoint or run folder (default: the --out folder)")
     t.add_argument("--smoke", action="store_true",
                    help="tiny model, 256 images, 1 epoch, made-up data unless --data")
-    t.add_argument("--epochs", type=int, help="number of epochs")
-    t.add_argument("--batch-size", type=int, help="global batch size")
-    t.add_argument("--lr", type=float, help="peak learning rate")
-    t.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    t.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
-    t.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak")
-    t.add_argument("--label-smoothing", type=float, help="label smoothing")
-    t.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
-    t.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
-    t.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
-    t.add_argument("--compile-mode", help="torch.compile mode (reduce-overhead: CUDA graphs)")
-    t.add_argument("--fast-step", action=argparse.BooleanOptionalAction,
-                   help="bf16 weights and activations in one compiled step (one process)")
-    t.add_argument("--attention", choices=list(ATTENTION_BACKENDS),
-                   help="attention kernel of the fast step (default: PyTorch's choice)")
     t.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop after this much training time, lr schedule fitted (0 = no limit)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--val-size", type=int, help="training images held out for validation")
-    t.add_argument("--eval-every", type=int, help="validate every N epochs")
     t.add_argument("--threads", type=int,
                    help="CPU threads (0 = the faster of 1 and all, timed each epoch)")
     t.add_argument("--device", help="auto, cuda or cpu")
@@ -103,16 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-eval-samples", type=int, help="validate and test on random subsets")
     t.add_argument("--quiet", action="store_true", help="print nothing")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    aug = t.add_argument_group("augmentation")
-    aug.add_argument("--crop-padding", type=int, help="random crop padding in pixels (0 = off)")
-    aug.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random flips")
-    aug.add_argument("--trivial-augment", type=int, metavar="N",
-                     help="TrivialAugment ops per image (0 = off)")
-    aug.add_argument("--magnitude", type=float, help="TrivialAugment top strength in (0, 1]")
-    aug.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup alpha (0 = off)")
-    aug.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix alpha (0 = off)")
-    aug.add_argument("--mix-prob", type=float, help="chance an image is mixed")
-    aug.add_argument("--erase", type=float, metavar="PROB", help="random erasing probability")
+    add_recipe_flags(t)
     t.set_defaults(func=run_train)
 
     e = commands.add_parser("eval", help="test accuracy of a checkpoint",
@@ -153,7 +183,7 @@ def _device(name: str | None) -> torch.device:
 
 def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from .train import TrainConfig, get_recipe, recipe, train
+    from .train import get_recipe, recipe, train
 
     preset, config = get_recipe(args.recipe) if args.recipe else recipe(_device(args.device))
     model_overrides: dict = {}
@@ -175,11 +205,8 @@ def run_train(args: argparse.Namespace) -> int:
         if args.out is None and args.resume:
             config = dataclasses.replace(config, out_dir=str(_run_folder(args.resume)))
 
-    if args.drop_path is not None:
-        model_config = dataclasses.replace(model_config, drop_path=args.drop_path)
-    if args.token_drop is not None:
-        model_config = dataclasses.replace(model_config, token_drop=args.token_drop)
-    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items()
+    model_config, config = apply_recipe_flags(args, model_config, config)
+    given = {field: getattr(args, flag) for flag, field in RUN_FLAGS.items()
              if getattr(args, flag) is not None}
     if args.time_budget is not None:
         given["time_budget_s"] = args.time_budget or None
@@ -187,10 +214,6 @@ def run_train(args: argparse.Namespace) -> int:
         given["progress"] = False
     if args.quiet:
         given["quiet"] = True
-    augment = {field: getattr(args, flag) for flag, field in AUGMENT_FLAGS.items()
-               if getattr(args, flag) is not None}
-    if augment:
-        given["augment"] = dataclasses.replace(config.augment, **augment)
     if args.out is None and args.preset is not None and not args.smoke and resume is None:
         given["out_dir"] = f"runs/{args.preset}"
     config = dataclasses.replace(config, **given)

@@ -12,11 +12,16 @@ Rows (images per second = optimizer steps per second × batch size, data path in
     compiled  vitlib's ViT with the same flags as the timm row, batch 1024, fused AdamW
     fast      vitlib's ``TrainStep``: bf16 weights and activations, CUDA graphs, the fastest
               attention kernel measured here, batch 1024
+    trainer   the training engine itself, ``vitlib.train.train`` with the step of the fast
+              row and the rest of recipe cifar_fast (EMA, schedule, the epoch's bookkeeping),
+              crop + flip only: the fast row plus everything a real run adds
 
 Each row runs warm-up steps (compilation included, reported apart), then ``--repeats`` timed
-windows of ``--steps`` steps; the table shows the median window. Model FLOPs utilisation
-(MFU) counts the matrix products of ``flops_per_image`` (×3 for a training step) against the
-bf16 matrix-product rate measured here (``--ceilings``) or the datasheet's.
+windows of ``--steps`` steps; the table shows the median window. The trainer row's windows are
+epochs of ``--steps`` steps (on that many batches' worth of images), after one warm-up epoch.
+Model FLOPs utilisation (MFU) counts the matrix products of ``flops_per_image`` (×3 for a
+training step) against the bf16 matrix-product rate measured here (``--ceilings``) or the
+datasheet's.
 """
 
 from __future__ import annotations
@@ -27,30 +32,28 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .augment import Augment, AugmentConfig
-from .data import CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
+from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
 from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend
 from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
-from .train import TrainConfig, make_optimizer
+from .train import TrainConfig, get_recipe, make_optimizer, train
 
-ROWS = ("typical", "timm", "compiled", "fast")
+ROWS = ("typical", "timm", "compiled", "fast", "trainer")
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16, SXM parts
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
-# the fast row's loss options, as in the recipe cifar_fast of vitlib.train.RECIPES (same graph)
-FAST_RECIPE_LOSS = {"label_smoothing": 0.1, "grad_clip": 1.0}
 
 
 @dataclass
 class Row:
     """One pipeline's measurement."""
 
-    name: str  # typical, timm, compiled or fast
+    name: str  # typical, timm, compiled, fast or trainer
     description: str  # what the pipeline does, in a few words
     batch_size: int  # images per optimizer step
     images_per_s: float  # median over the timed windows
@@ -261,6 +264,31 @@ def device_step(
     return step
 
 
+def trainer_row(config: ViTConfig, split: Split, device: torch.device,
+                args: argparse.Namespace, compile_mode: str | None, attention: str | None) -> Row:
+    """Time ``vitlib.train.train`` itself: recipe cifar_fast with crop + flip, on a subset of
+    ``--steps`` batches, so that each epoch is one window; the first epoch is the warm-up."""
+    _, recipe = get_recipe("cifar_fast")
+    recipe = replace(
+        recipe, epochs=1 + args.repeats, batch_size=args.batch_size, val_size=0,
+        max_train_samples=args.steps * args.batch_size, max_eval_samples=args.batch_size,
+        augment=AugmentConfig(crop_padding=4, flip=True), precision="bf16",
+        compile=compile_mode is not None,
+        compile_mode=compile_mode or "default", attention=attention, time_budget_s=None,
+        device=str(device), out_dir=None, progress=False, quiet=True,
+    )
+    if len(split) < recipe.max_train_samples:
+        raise ValueError(f"the trainer row needs {recipe.max_train_samples} images "
+                         f"(--steps × --batch-size), got {len(split)}; use fewer --steps")
+    classes = [str(k) for k in range(config.num_classes)]
+    history = train(config, recipe, CIFAR10(split, split, classes))
+    warmup, *timed = history.epochs
+    windows = [args.batch_size / record["images_per_s"] for record in timed]  # s per step
+    warmup_s = history.compile_s + warmup["train_time_s"]
+    return _row("trainer", f"vitlib.train.train, recipe cifar_fast with crop+flip, compile="
+                f"{compile_mode}", args.batch_size, warmup_s, windows, attention=attention)
+
+
 def timm_model(config: ViTConfig) -> nn.Module:
     """timm's VisionTransformer with the same shape (mean pooling, no class token)."""
     from timm.models.vision_transformer import VisionTransformer
@@ -327,9 +355,13 @@ def measure_row(
         what = "vitlib model, flags of the timm row, fused AdamW"
         return _row(row, what, args.batch_size, *measure(step))
     mode = args.fast_compile_mode if use_compile else None
+    if row == "trainer":
+        return trainer_row(config, train, device, args, mode, attention)
     batches = DeviceBatches(train, args.batch_size, device, compile=use_compile)
+    _, recipe = get_recipe("cifar_fast")  # its loss options: the graph of the recipe's runs
     step = device_step(model, optimizer, batches, config.num_classes, precision="bf16",
-                       attention=attention, compile_mode=mode, **FAST_RECIPE_LOSS)
+                       attention=attention, compile_mode=mode,
+                       label_smoothing=recipe.label_smoothing, grad_clip=recipe.grad_clip)
     what = (f"vitlib TrainStep: bf16 weights+activations, compile={mode}, fused AdamW, grad "
             f"clip, {'compiled' if use_compile else 'eager'} crop+flip")
     return _row(row, what, args.batch_size, *measure(step), attention=attention)
@@ -420,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
     attention = None if args.attention == "default" else args.attention
-    if "fast" in rows_wanted and attention == "auto":
+    if {"fast", "trainer"} & set(rows_wanted) and attention == "auto":
         heads, tokens = config.num_heads, config.num_tokens
         timings = time_attention(args.batch_size, heads, tokens, config.embed_dim // heads, device)
         listed = ", ".join(f"{k} {v['ms']:.2f} ms (error {v['error']:.1e})" if v else f"{k} n/a"
