@@ -38,7 +38,7 @@ import torch
 from vitlib.__main__ import add_recipe_flags, apply_recipe_flags
 from vitlib.checkpoint import load_checkpoint
 from vitlib.data import load_cifar10, synthetic_cifar
-from vitlib.model import ViT, ViTConfig, get_config
+from vitlib.model import ViT, ViTConfig
 from vitlib.train import RECIPES, TrainConfig, evaluate, get_recipe, split_data, train
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -101,8 +101,9 @@ def settings(args: argparse.Namespace, variant: argparse.Namespace | None = None
              ) -> tuple[ViTConfig, TrainConfig]:
     """The recipe with the command line's changes, then the variant's; validation stays at
     about 10 points along the run when ``--budget`` shortens or lengthens it."""
-    preset, config = get_recipe(args.recipe)
-    model_config = get_config(preset, **(SMOKE_MODEL if args.smoke else {}))
+    model_config, config = get_recipe(args.recipe)
+    if args.smoke:
+        model_config = dataclasses.replace(model_config, **SMOKE_MODEL)
     changes: dict = {"progress": False}
     if args.budget is not None and config.time_budget_s:
         changes["eval_every"] = max(1, round(config.eval_every * args.budget
@@ -159,7 +160,8 @@ def run_seed(model_config: ViTConfig, config: TrainConfig, data, out: Path) -> d
                                   for k, v in final.items()))
     return {
         "seed": config.seed, "compile_s": history.compile_s, "train_s": last["train_time_s"],
-        "epochs": last["epoch"], "steps": last["step"], "images_per_s": last["images_per_s"],
+        "epochs": last["epoch"], "steps": last["step"],
+        "images_per_s": last["step"] * config.batch_size / last["train_time_s"],  # whole run
         "stop_reason": history.stop_reason, "curve": curve, "final": final, "chosen": chosen,
         "test_acc": final[chosen]["test"], "final_eval_s": eval_s,
     }
@@ -174,18 +176,19 @@ def summarise(runs: list[dict]) -> dict:
 
 def comparison_table(variants: list[dict]) -> str:
     """One line per variant that ran: test mean ± std, validation, speed, epochs, flags."""
-    lines = [f"{'variant':<16} {'test (mean ± std)':>19} {'val':>7} {'images/s':>10} "
+    width = max(len("variant"), *(len(v["name"]) for v in variants))
+    lines = [f"{'variant':<{width}} {'test (mean ± std)':>19} {'val':>7} {'images/s':>10} "
              f"{'epochs':>7}  flags"]
     for v in variants:
         if not v["runs"]:
-            lines.append(f"{v['name']:<16} {'skipped':>19}")
+            lines.append(f"{v['name']:<{width}} {'skipped':>19}")
             continue
         runs = v["runs"]
         val = statistics.mean(run["final"][run["chosen"]]["val"] for run in runs)
         speed = statistics.mean(run["images_per_s"] for run in runs)
         epochs = statistics.mean(run["epochs"] for run in runs)
         acc = f"{v['test_acc_mean']:.2%} ± {v['test_acc_std']:.2%}"
-        lines.append(f"{v['name']:<16} {acc:>19} {val:7.2%} {speed:10,.0f} {epochs:7.1f}  "
+        lines.append(f"{v['name']:<{width}} {acc:>19} {val:7.2%} {speed:10,.0f} {epochs:7.1f}  "
                      f"{v['flags'] or '(the recipe)'}")
     return "\n".join(lines)
 

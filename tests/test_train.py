@@ -15,7 +15,7 @@ from vitlib import train as train_module
 from vitlib.augment import Augment, AugmentConfig
 from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from vitlib.data import Split, load_cifar10, synthetic_cifar
-from vitlib.model import ViT, ViTConfig
+from vitlib.model import ViT, ViTConfig, get_config
 from vitlib.train import (
     History,
     TrainConfig,
@@ -278,8 +278,8 @@ def test_checkpoints_follow_eval_every(data, tmp_path, monkeypatch):
 
 
 def test_named_recipes():
-    preset, fast = train_module.get_recipe("cifar_fast")
-    assert preset == "vit_cifar_tiny" and fast.fast_step and fast.compile
+    model, fast = train_module.get_recipe("cifar_fast")
+    assert model == get_config("vit_cifar_tiny") and fast.fast_step and fast.compile
     assert (fast.batch_size, fast.lr, fast.time_budget_s) == (1024, 2e-3, 120)
     assert fast.augment.mixup_alpha == 0.8 and fast.augment.mix_prob == 0.5
     fast.augment.num_ops = 5  # a copy: the recipe itself stays as it was
@@ -287,6 +287,8 @@ def test_named_recipes():
     short = train_module.get_recipe("cifar_fast_30")[1]
     assert short.time_budget_s == 30 and not short.augment.mixing and short.ema_decay == 0.998
     assert train_module.recipe("cpu") == train_module.get_recipe("cpu")
+    cpu_model, _ = train_module.get_recipe("cpu")  # the CPU recipe drops half of the tokens
+    assert cpu_model == get_config("vit_cifar_cpu", token_drop=0.5)
     with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose one of"):
         train_module.get_recipe("fastest")
 

@@ -185,13 +185,14 @@ def run_train(args: argparse.Namespace) -> int:
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     from .train import get_recipe, recipe, train
 
-    preset, config = get_recipe(args.recipe) if args.recipe else recipe(_device(args.device))
-    model_overrides: dict = {}
+    model_config, config = get_recipe(args.recipe) if args.recipe else recipe(
+        _device(args.device))
+    if args.preset is not None:
+        model_config = get_config(args.preset)
     if args.smoke:
         config = dataclasses.replace(config, **SMOKE_TRAIN)
         if args.preset is None:
-            model_overrides.update(SMOKE_MODEL)
-    model_config = get_config(args.preset or preset, **model_overrides)
+            model_config = dataclasses.replace(model_config, **SMOKE_MODEL)
 
     resume = None
     if args.resume is not None:
