@@ -106,6 +106,7 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
         assert set(run["final"]) == {"model", "model+flip", "ema", "ema+flip"}
         assert run["chosen"] == max(run["final"], key=lambda k: run["final"][k]["val"])
         assert run["test_acc"] == run["final"][run["chosen"]]["test"]
+        assert run["images_per_s"] == pytest.approx(run["steps"] * 64 / run["train_s"])  # batch 64
         for scores in run["final"].values():
             assert 0 <= scores["val"] <= 1 and 0 <= scores["test"] <= 1
         assert (tmp_path / "runs" / f"seed_{run['seed']}" / "checkpoint.pt").is_file()
