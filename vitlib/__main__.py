@@ -100,15 +100,17 @@ def apply_recipe_flags(
     args: argparse.Namespace, model_config: ViTConfig, config: TrainConfig
 ) -> tuple[ViTConfig, TrainConfig]:
     """``model_config`` and ``config`` with the recipe flags that were given put in."""
-    model = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items()
-             if getattr(args, flag) is not None}
-    given = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS.items()
-             if getattr(args, flag) is not None}
-    augment = {field: getattr(args, flag) for flag, field in AUGMENT_FLAGS.items()
-               if getattr(args, flag) is not None}
-    if augment:
+    given = _given(args, RECIPE_FLAGS)
+    if augment := _given(args, AUGMENT_FLAGS):
         given["augment"] = dataclasses.replace(config.augment, **augment)
-    return dataclasses.replace(model_config, **model), dataclasses.replace(config, **given)
+    return (dataclasses.replace(model_config, **_given(args, MODEL_FLAGS)),
+            dataclasses.replace(config, **given))
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """{field: value} of the flags in ``flags`` (flag -> field) that were given."""
+    return {field: getattr(args, flag) for flag, field in flags.items()
+            if getattr(args, flag) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,8 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, out_dir=str(_run_folder(args.resume)))
 
     model_config, config = apply_recipe_flags(args, model_config, config)
-    given = {field: getattr(args, flag) for flag, field in RUN_FLAGS.items()
-             if getattr(args, flag) is not None}
+    given = _given(args, RUN_FLAGS)
     if args.time_budget is not None:
         given["time_budget_s"] = args.time_budget or None
     if args.smoke or args.no_progress:
