@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlib import MultiHeadSelfAttention, scaled_dot_product_attention
+from vitlib import (
+    MultiHeadSelfAttention,
+    ViT,
+    ViTConfig,
+    mimetic_init_,
+    scaled_dot_product_attention,
+)
 
 
 def test_matches_pytorch_sdpa():
@@ -69,3 +75,52 @@ def test_equals_nn_multihead_attention_with_copied_weights():
 def test_heads_must_divide_dim():
     with pytest.raises(ValueError, match=r"not divisible by num_heads 5.*choose num_heads"):
         MultiHeadSelfAttention(48, 5)
+
+
+def _products(attn: MultiHeadSelfAttention) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per head W_Q,h W_K,hᵀ (dim, dim), and W_V W_O (dim, dim), in float64."""
+    dim, k = attn.proj.in_features, attn.head_dim
+    w = attn.qkv.weight.detach().double()
+    q, key, v = w[:dim].T, w[dim:2 * dim].T, w[2 * dim:].T  # each (dim, dim): x @ W
+    qk = [q[:, h * k:(h + 1) * k] @ key[:, h * k:(h + 1) * k].T for h in range(attn.num_heads)]
+    return qk, v @ attn.proj.weight.detach().double().T
+
+
+def test_mimetic_init_gives_the_pattern_of_trained_attention():
+    torch.manual_seed(0)
+    dim, heads = 128, 4
+    attn = MultiHeadSelfAttention(dim, heads)
+    random_qk, random_vo = _products(attn)
+    mimetic_init_(attn, qk=(0.7, 0.7), vo=(0.4, 0.4))
+    qk, vo = _products(attn)
+    # V·O = a·Z − b·I with Z of entries N(0, 1/dim): remove −b·I, what is left looks like a·Z
+    noise = vo + 0.4 * torch.eye(dim, dtype=torch.float64)
+    assert abs(noise.diagonal().mean()) < 0.05
+    assert noise.std() * dim**0.5 == pytest.approx(0.4, rel=0.1)
+    assert abs(random_vo.diagonal().mean()) < 0.05  # the default init has no such pattern
+    for h, product in enumerate(qk):
+        # rank head_dim, leaning to the identity: the best such approximation of a·Z + b·I
+        assert torch.linalg.matrix_rank(product) == dim // heads
+        assert product.trace() / (dim // heads) > 0.35  # half of b at least
+        assert abs(random_qk[h].trace()) / (dim // heads) < 0.1
+    assert not torch.allclose(qk[0], qk[1])  # each head draws its own Z
+    assert attn.qkv.bias.abs().max() == 0 and attn.proj.bias.abs().max() == 0
+
+
+def test_mimetic_init_makes_tokens_attend_to_themselves():
+    images = torch.randn(4, 3, 16, 16)
+    share = {}
+    for init in ("random", "mimetic"):
+        torch.manual_seed(0)
+        config = ViTConfig(image_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4,
+                           attn_init=init)
+        weights = ViT(config).eval().attention_maps(images)[0]  # (B, H, T, T)
+        share[init] = weights.diagonal(dim1=-2, dim2=-1).mean().item()  # weight on itself
+    tokens = config.num_tokens
+    assert share["random"] == pytest.approx(1 / tokens, rel=0.2)  # about uniform
+    assert share["mimetic"] > 4 / tokens
+
+
+def test_unknown_attention_init_is_refused():
+    with pytest.raises(ValueError, match="attn_init must be 'random' or 'mimetic'"):
+        ViTConfig(attn_init="identity")

@@ -1,7 +1,7 @@
 """vitlib: a small, readable Vision Transformer library that goes with the course notebooks."""
 
 from . import cnn, dense, explain, finetune
-from .attention import MultiHeadSelfAttention, scaled_dot_product_attention
+from .attention import MultiHeadSelfAttention, mimetic_init_, scaled_dot_product_attention
 from .augment import Augment, AugmentConfig
 from .checkpoint import load_model
 from .data import CIFAR10, Split, load_cifar10, synthetic_cifar, train_val_split
@@ -65,6 +65,7 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "load_state_dict_checked",
+    "mimetic_init_",
     "patchify",
     "resize_pos_embed",
     "scaled_dot_product_attention",

@@ -35,7 +35,10 @@ SYNTHETIC = {"n_train": 512, "n_test": 256, "seed": 0}  # the made-up data of --
 
 # flags that change a recipe (shared with benchmarks/time_to_accuracy.py), flag -> field;
 # None = not given, keep the recipe's value
-MODEL_FLAGS = {"drop_path": "drop_path", "token_drop": "token_drop"}  # ViTConfig fields
+MODEL_FLAGS = {  # ViTConfig fields
+    "drop_path": "drop_path", "token_drop": "token_drop", "attn_init": "attn_init",
+    "pos_embed": "pos_embed",
+}
 RECIPE_FLAGS = {  # TrainConfig fields
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
@@ -66,6 +69,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                    help="share of patch tokens each training image drops at random (0-1)")
     p.add_argument("--token-drop-until", type=float, metavar="SHARE",
                    help="drop tokens for this share of the run only, then keep all (0-1]")
+    p.add_argument("--attn-init", choices=["random", "mimetic"],
+                   help="attention weights at the start (mimetic: Q·Kᵀ ≈ I, V·O ≈ −I)")
+    p.add_argument("--pos-embed", choices=["learned", "sincos"],
+                   help="position embedding: a trained table or fixed 2-D sin-cos")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")

@@ -83,3 +83,39 @@ class MultiHeadSelfAttention(nn.Module):
             attn = None
         out = out.transpose(1, 2).reshape(B, N, C)  # heads side by side again
         return self.proj_drop(self.proj(out)), attn
+
+
+@torch.no_grad()
+def mimetic_init_(
+    attn: MultiHeadSelfAttention,
+    qk: tuple[float, float] = (0.7, 0.7),
+    vo: tuple[float, float] = (0.4, 0.4),
+) -> None:
+    """Set the attention weights so that, with Z random (entries of variance 1/dim):
+
+        per head  W_Q,h W_K,hᵀ ≈ a·Z + b·I   (qk = (a, b): tokens attend to similar tokens)
+        all heads W_V W_O      ≈ a·Z − b·I   (vo = (a, b))
+
+    the pattern that trained ViTs show ("mimetic initialisation", Trockman & Kolter, 2023).
+    Each head's product is the best rank-head_dim approximation of its own target; the value
+    and output product is exact. Biases become zero. Uses torch's global random generator.
+    """
+    dim, head_dim = attn.proj.in_features, attn.head_dim
+    weight = attn.qkv.weight  # (3·dim, dim): rows [W_Qᵀ; W_Kᵀ; W_Vᵀ], head after head
+
+    def target(a: float, b: float, sign: int) -> Tensor:  # (dim, dim), float64
+        z = torch.randn(dim, dim, dtype=torch.float64) / math.sqrt(dim)
+        return a * z + sign * b * torch.eye(dim, dtype=torch.float64)
+
+    for h in range(attn.num_heads):
+        u, s, vh = torch.linalg.svd(target(*qk, sign=1))
+        root = s[:head_dim].sqrt()  # split each singular value between the two factors
+        rows = slice(h * head_dim, (h + 1) * head_dim)
+        weight[rows] = (u[:, :head_dim] * root).T.to(weight)  # W_Q,h: (dim, head_dim), stored ᵀ
+        weight[dim:][rows] = (vh[:head_dim].T * root).T.to(weight)  # W_K,h
+    u, s, vh = torch.linalg.svd(target(*vo, sign=-1))
+    weight[2 * dim:] = (u * s.sqrt()).T.to(weight)  # W_V: (dim, dim), stored ᵀ
+    attn.proj.weight.copy_((s.sqrt()[:, None] * vh).T.to(weight))  # W_O, stored ᵀ
+    for bias in (attn.qkv.bias, attn.proj.bias):
+        if bias is not None:
+            bias.zero_()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadSelfAttention
+from .attention import MultiHeadSelfAttention, mimetic_init_
 from .patches import PatchEmbed
 from .position import resize_pos_embed, sincos_2d
 
@@ -36,6 +36,8 @@ class ViTConfig:
     qkv_bias: bool = True  # bias on the Q, K, V projections
     pool: Literal["mean", "cls"] = "mean"  # global average pooling (article) or class token
     pos_embed: Literal["learned", "sincos"] = "learned"  # trained table or fixed 2-D sin-cos
+    attn_init: Literal["random", "mimetic"] = "random"  # attention weights: small random, or
+    #   set so that Q·Kᵀ ≈ identity and V·O ≈ −identity, as in trained ViTs (mimetic_init_)
     dropout: float = 0.0  # after embeddings, attention projection and MLP
     attn_dropout: float = 0.0  # on the attention weights
     drop_path: float = 0.0  # stochastic depth, rising linearly to this at the last block
@@ -61,6 +63,8 @@ class ViTConfig:
                              f"[0, 1), got {self.token_drop}; 0 keeps them all")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.attn_init not in ("random", "mimetic"):
+            raise ValueError(f"attn_init must be 'random' or 'mimetic', got {self.attn_init!r}")
         if self.pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
         if self.pos_embed == "sincos" and self.embed_dim % 4 != 0:
@@ -166,6 +170,9 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(c.embed_dim, eps=c.norm_eps)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
+        if c.attn_init == "mimetic":
+            for block in self.blocks:
+                mimetic_init_(block.attn)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
