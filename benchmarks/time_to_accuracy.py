@@ -44,7 +44,7 @@ from vitlib.train import RECIPES, TrainConfig, evaluate, get_recipe, split_data,
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 SMOKE_TRAIN = {"epochs": 2, "batch_size": 64, "val_size": 64, "warmup_epochs": 1,
                "eval_every": 1, "time_budget_s": None, "compile": False}
-SMOKE_DATA = {"n_train": 512, "n_test": 128}
+SMOKE_DATA = {"n_train": 1088, "n_test": 128}  # room for a variant's batch of 1024 after validation
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -146,3 +146,42 @@ def test_translation_cases_are_labelled_right():
     with torch.no_grad():
         for what, f, want in ch10._translation_cases(channels=3):
             assert equivariant_right(f, x, (3, 10)) == want, what
+
+
+# --- low-rank factors -------------------------------------------------------------------------
+
+
+def factors_right(m, rank):
+    u, s, vt = torch.linalg.svd(m)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vt[:rank].T * root
+
+
+def factors_smallest_values(m, rank):
+    u, s, vt = torch.linalg.svd(m, full_matrices=False)
+    root = s[-rank:].sqrt()
+    return u[:, -rank:] * root, vt[-rank:].T * root
+
+
+def factors_without_square_root(m, rank):
+    u, s, vt = torch.linalg.svd(m)
+    return u[:, :rank] * s[:rank], vt[:rank].T * s[:rank]
+
+
+def factors_vt_not_transposed(m, rank):
+    u, s, vt = torch.linalg.svd(m)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vt[:, :rank] * root
+
+
+def factors_columns_of_m(m, rank):
+    return m[:, :rank], torch.eye(m.shape[1], rank, dtype=m.dtype)
+
+
+@pytest.mark.parametrize("wrong", [factors_smallest_values, factors_without_square_root,
+                                   factors_vt_not_transposed, factors_columns_of_m])
+def test_low_rank_factors(wrong):
+    assert passes(ch10.check_low_rank_factors(factors_right, quiet=True))
+    assert fails_with_hint(ch10.check_low_rank_factors(wrong, quiet=True))
+    result = ch10.check_low_rank_factors(lambda m, rank: m, quiet=True)
+    assert fails_with_hint(result) and "pair (a, b)" in result.message

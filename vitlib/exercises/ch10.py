@@ -162,3 +162,43 @@ def check_translation_equivariance(
         "torch.allclose(..., atol=1e-5)",
         quiet,
     )
+
+
+def check_low_rank_factors(low_rank_factors: Callable[[Tensor, int], tuple[Tensor, Tensor]],
+                           quiet: bool = False) -> CheckResult:
+    """``low_rank_factors(m, rank) -> (a, b)``: for m of shape (p, q), a (p, rank) and
+    b (q, rank) whose product a @ b.T is the closest matrix of that rank to m (the least sum of
+    squared differences), as mimetic initialisation needs for each head's W_Q W_Kᵀ."""
+
+    def test() -> str | None:
+        generator = torch.Generator().manual_seed(random.randint(0, 2**31 - 1))
+        cases = [(16, 16, 4), (64, 64, 16), (12, 20, 3), (20, 12, 5), (8, 8, 8)]
+        for p, q, rank in cases:
+            m = torch.randn(p, q, generator=generator, dtype=torch.float64)
+            if p == q:
+                m = m / p**0.5 + 0.7 * torch.eye(p, dtype=torch.float64)  # like a mimetic target
+            got = low_rank_factors(m.clone(), rank)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                return f"low_rank_factors should return a pair (a, b), got {type(got).__name__}"
+            a, b = (torch.as_tensor(f, dtype=torch.float64) for f in got)
+            if a.shape != (p, rank) or b.shape != (q, rank):
+                return (f"for m of shape ({p}, {q}) and rank {rank} the factors should be "
+                        f"({p}, {rank}) and ({q}, {rank}), got {tuple(a.shape)} and "
+                        f"{tuple(b.shape)}")
+            singular = torch.linalg.svdvals(m)
+            best = singular[rank:].square().sum().sqrt().item()  # Eckart–Young
+            error = (m - a @ b.T).norm().item()
+            if error > best + 1e-6 * (1 + singular[0].item()):
+                return (f"for a ({p}, {q}) matrix and rank {rank}, ‖m − a bᵀ‖ is {error:.4f}; "
+                        f"the best rank-{rank} approximation reaches {best:.4f}")
+        return None
+
+    return check(
+        "low_rank_factors", test,
+        "take the singular value decomposition u, s, vt = torch.linalg.svd(m), so that "
+        "m = u · diag(s) · vt with s sorted largest first; keep the first `rank` columns of u, "
+        "rows of vt and values of s, and split each kept singular value between the two "
+        "factors: a = u[:, :rank] · √s[:rank], b = vt[:rank].T · √s[:rank] (so that "
+        "a @ b.T = u[:, :rank] · diag(s[:rank]) · vt[:rank])",
+        quiet,
+    )
