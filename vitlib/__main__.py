@@ -22,8 +22,8 @@ import sys
 import torch
 
 from .fast import ATTENTION_BACKENDS
-from .model import PRESETS, ViTConfig, get_config
-from .train import RECIPES, TrainConfig
+from .model import ATTN_INITS, POS_EMBEDS, PRESETS, ViTConfig, get_config
+from .train import PRECISIONS, RECIPES, TrainConfig
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
@@ -69,9 +69,9 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                    help="share of patch tokens each training image drops at random (0-1)")
     p.add_argument("--token-drop-until", type=float, metavar="SHARE",
                    help="drop tokens for this share of the run only, then keep all (0-1]")
-    p.add_argument("--attn-init", choices=["random", "mimetic"],
+    p.add_argument("--attn-init", choices=ATTN_INITS,
                    help="attention weights at the start (mimetic: Q·Kᵀ ≈ I, V·O ≈ −I)")
-    p.add_argument("--pos-embed", choices=["learned", "sincos"],
+    p.add_argument("--pos-embed", choices=POS_EMBEDS,
                    help="position embedding: a trained table or fixed 2-D sin-cos")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="global batch size")
@@ -82,7 +82,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip (0 = off)")
     p.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
     p.add_argument("--compile-mode", help="torch.compile mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--fast-step", action=argparse.BooleanOptionalAction,

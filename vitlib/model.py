@@ -22,6 +22,9 @@ from .attention import MultiHeadSelfAttention, mimetic_init_
 from .patches import PatchEmbed
 from .position import resize_pos_embed, sincos_2d
 
+POS_EMBEDS = ("learned", "sincos")  # the choices of ViTConfig.pos_embed
+ATTN_INITS = ("random", "mimetic")  # the choices of ViTConfig.attn_init
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -63,10 +66,12 @@ class ViTConfig:
                              f"[0, 1), got {self.token_drop}; 0 keeps them all")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
-        if self.attn_init not in ("random", "mimetic"):
-            raise ValueError(f"attn_init must be 'random' or 'mimetic', got {self.attn_init!r}")
-        if self.pos_embed not in ("learned", "sincos"):
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.attn_init not in ATTN_INITS:
+            raise ValueError(f"attn_init must be {' or '.join(map(repr, ATTN_INITS))}, "
+                             f"got {self.attn_init!r}")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be {' or '.join(map(repr, POS_EMBEDS))}, "
+                             f"got {self.pos_embed!r}")
         if self.pos_embed == "sincos" and self.embed_dim % 4 != 0:
             raise ValueError(
                 f"pos_embed='sincos' needs embed_dim divisible by 4, got {self.embed_dim}; "
