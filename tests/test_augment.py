@@ -77,6 +77,16 @@ def test_seeded_determinism():
         assert not torch.equal(fn(generator(3)), fn(generator(4)))
 
 
+def test_two_names_of_one_device_share_the_generator():
+    # "cpu:0" is the CPU, but tensors on it report "cpu" (as tensors on "cuda" report "cuda:0"):
+    # reseeding through either name must reseed the generator the batches use
+    images, labels = uint8_batch(8), torch.arange(8) % 10
+    augment = Augment(EVERYTHING, seed=0)
+    assert augment.generator(torch.device("cpu", 0)) is augment.generator(images.device)
+    first = augment(images, labels, 10)[0]
+    augment.generator(torch.device("cpu", 0)).manual_seed(0)
+    assert torch.equal(augment(images, labels, 10)[0], first)
+
 def test_a_batch_draws_once_and_the_rest_is_one_graph():
     images, labels = uint8_batch(8), torch.arange(8) % 10
     augment = Augment(EVERYTHING, seed=0)

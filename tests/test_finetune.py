@@ -123,6 +123,13 @@ def test_resampled_kernel_sees_an_upsampled_patch_as_the_original():
     assert torch.allclose(old, new, atol=1e-8)  # exact for a larger patch size
 
 
+def test_resampled_kernel_stays_on_the_kernels_device():
+    # "meta" stands in for a GPU here: a kernel there must not meet a CPU matrix
+    kernel = torch.empty(5, 3, 4, 4, device="meta")
+    bigger = resample_patch_kernel(kernel, 8)
+    assert bigger.device == kernel.device and bigger.shape == (5, 3, 8, 8)
+    assert bigger.dtype == kernel.dtype
+
 def test_resampled_kernel_is_the_least_squares_match_for_a_smaller_patch():
     torch.manual_seed(1)
     kernel = torch.randn(6, 3, 16, 16, dtype=torch.float64)

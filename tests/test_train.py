@@ -242,6 +242,16 @@ def test_bad_settings_are_explained(data, tmp_path):
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
+def test_auto_precision_wants_native_bfloat16(monkeypatch):
+    # a T4 or V100 "supports" bfloat16 only by emulation: fp16 with loss scaling is the fast one
+    native = {"Ampere": True, "Turing": False}
+    for card, has_bf16 in native.items():
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, n=has_bf16: n or including_emulation)
+        want = "bf16" if has_bf16 else "fp16"
+        assert resolve_precision("auto", torch.device("cuda")) == want, card
+
+
 def test_fast_step_trains_like_the_plain_step_on_a_cpu(data):
     plain = train(MODEL, config(None), data)
     fast = train(MODEL, config(None, fast_step=True, precision="fp32"), data)

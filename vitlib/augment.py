@@ -447,11 +447,15 @@ class Augment:
         self._apply = torch.compile(self.apply, fullgraph=True) if compile else self.apply
 
     def generator(self, device: torch.device) -> torch.Generator | None:
-        """The seeded generator for ``device`` (None without a seed: torch's global one)."""
+        """The seeded generator for ``device`` (None without a seed: torch's global one).
+        Two names of one device ("cuda" and "cuda:0") give the same generator."""
         if self.seed is None:
             return None
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device).manual_seed(self.seed)
+            actual = torch.empty(0, device=device).device  # the name its tensors report
+            if actual not in self._generators:
+                self._generators[actual] = torch.Generator(actual).manual_seed(self.seed)
+            self._generators[device] = self._generators[actual]
         return self._generators[device]
 
     def __call__(

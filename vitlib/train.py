@@ -257,13 +257,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on GPUs that support it, 'fp16' on older GPUs, 'fp32' elsewhere."""
+    """'auto' -> 'bf16' on GPUs with bfloat16 arithmetic (Ampere and later), 'fp16' on older
+    GPUs (where bfloat16 is only emulated, and slow), 'fp32' elsewhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         if device.type != "cuda":
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA GPU; use 'fp32' (or 'bf16') on a CPU")
     return precision

@@ -20,7 +20,7 @@ def check_attention(attention: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, 
 
     def test() -> str | None:
         cases = [((2, 5, 4), 5, 4, 1.0), ((3, 2, 6, 16), 7, 8, 1.0), ((1, 1, 3), 9, 2, 1.0),
-                 ((2, 6, 4), 6, 4, 100.0)]  # the last one has scores in the thousands
+                 ((2, 6, 4), 6, 4, 100.0)]  # the last one has scores in the hundreds
         for shape_q, n_keys, d_v, scale in cases:
             q = scale * torch.randn(shape_q)
             k = torch.randn(*shape_q[:-2], n_keys, shape_q[-1])
