@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import shlex
 import statistics
 import sys
@@ -36,6 +34,7 @@ from pathlib import Path
 import torch
 
 from vitlib.__main__ import add_recipe_flags, apply_recipe_flags
+from vitlib.bench import write_json
 from vitlib.checkpoint import load_checkpoint
 from vitlib.data import load_cifar10, synthetic_cifar
 from vitlib.model import ViT, ViTConfig
@@ -191,13 +190,6 @@ def comparison_table(variants: list[dict]) -> str:
         lines.append(f"{v['name']:<{width}} {acc:>19} {val:7.2%} {speed:10,.0f} {epochs:7.1f}  "
                      f"{v['flags'] or '(the recipe)'}")
     return "\n".join(lines)
-
-
-def write_json(path: str, result: dict) -> None:
-    """Write ``result`` to ``path`` through a temporary file, so a kill leaves the last one."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,15 @@ def test_matches_pytorch_sdpa():
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 4, 7))
 
 
+def test_large_scores_do_not_overflow_float16():
+    # q·k = 40·40·64 = 102,400 is past float16's largest number (65,504); q·k/√d is not
+    q = k = torch.full((1, 3, 64), 40.0, dtype=torch.float16)
+    v = torch.randn(1, 3, 64).half()
+    out, attn = scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attn, torch.full_like(attn, 1 / 3))
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+
+
 def test_mask_matches_pytorch_and_blocks_future():
     torch.manual_seed(1)
     q, k, v = torch.randn(3, 2, 5, 8).unbind(0)

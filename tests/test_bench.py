@@ -1,13 +1,21 @@
 """The throughput benchmark and the time-to-accuracy script, at tiny sizes on the CPU."""
 
+import argparse
+import builtins
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from vitlib import bench
+from vitlib.data import synthetic_cifar
+from vitlib.model import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +54,121 @@ def test_trainer_row_times_the_training_engine_itself(monkeypatch, tmp_path):
     [row] = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert row["name"] == "trainer" and row["spread"] == 0.0
     assert row["images_per_s"] == pytest.approx(history.epochs[1]["images_per_s"], rel=1e-9)
+
+
+def test_trainer_row_uses_the_batches_a_split_holds(monkeypatch):
+    # CIFAR-10's 50,000 images hold 48 batches of 1024, fewer than the default --steps 50
+    runs = []
+    real_train = bench.train
+
+    def spy(model, config, data):
+        history = real_train(model, config, data)
+        runs.append((config, history))
+        return history
+
+    monkeypatch.setattr(bench, "train", spy)
+    config = get_config("vit_cifar_tiny", **bench.SMOKE_MODEL)
+    args = argparse.Namespace(steps=50, batch_size=16, repeats=1)
+    row = bench.trainer_row(config, synthetic_cifar(n_train=200).train, torch.device("cpu"),
+                            args, compile_mode=None, attention=None)
+    [(train_config, history)] = runs
+    assert train_config.max_train_samples == 12 * 16  # 200 images: 12 whole batches
+    assert [r["step"] for r in history.epochs] == [12, 24]
+    assert row.images_per_s == pytest.approx(history.epochs[1]["images_per_s"], rel=1e-9)
+    with pytest.raises(ValueError, match="a batch of 16 images, got 8"):
+        bench.trainer_row(config, synthetic_cifar(n_train=8).train, torch.device("cpu"), args,
+                          compile_mode=None, attention=None)
+
+
+class _Killed(BaseException):
+    """A process killed in the middle of a write."""
+
+
+def test_bench_json_is_never_left_half_written(tmp_path, monkeypatch):
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--rows", "compiled", "--json", str(out)])
+    real_write = Path.write_text
+
+    def killed_while_writing(path, text, *args, **kwargs):
+        real_write(path, text[:len(text) // 2])
+        raise _Killed
+
+    monkeypatch.setattr(Path, "write_text", killed_while_writing)
+    with pytest.raises(_Killed):
+        bench.main(["--smoke", "--rows", "typical", "--json", str(out)])
+    monkeypatch.undo()
+    assert [r["name"] for r in json.loads(out.read_text())["rows"]] == ["compiled"]
+
+
+@pytest.mark.parametrize("error", [ImportError, RuntimeError])
+def test_a_timm_that_cannot_be_imported_skips_the_timm_row(error, monkeypatch, capsys):
+    # a timm built for another torch or torchvision can fail on import with other errors
+    real_import = builtins.__import__
+
+    def import_(name, *args, **kwargs):
+        if name.split(".")[0] == "timm":
+            raise error("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", import_)
+    assert bench.main(["--smoke", "--rows", "timm,typical"]) == 0
+    printed = capsys.readouterr().out
+    assert "timm not importable" in printed and "timm: skipped" in printed
+    assert "typical: " in printed and "timm: failed" not in printed
+
+
+def _gpu_check(tmp_path: Path, bench_rc: int = 0) -> tuple[list[str], str]:
+    """Run benchmarks/gpu_check.sh with a stand-in for Python that records its calls and exits
+    with ``bench_rc`` for the first bench; returns (the calls, the script's output)."""
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {calls}
+case "$*" in
+    -c*json*) exec {sys.executable} "$@" ;;
+    *typical,fast,trainer*) exit {bench_rc} ;;
+esac
+""")
+    stub.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": str(stub)}
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == 0, done.stdout
+    return calls.read_text().splitlines(), done.stdout
+
+
+def test_gpu_check_ignores_the_files_of_an_earlier_run(tmp_path):
+    # an old fast row would hide a failed one (no rerun without CUDA graphs), and the old
+    # kernel choice would be forced on the time-to-accuracy runs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.json").write_text(json.dumps(
+        {"rows": [{"name": "fast"}], "attention": {"choice": "cudnn"}}))
+    (out / "steps.log").write_text("RESULT recipe cifar_fast seed 0: test 99.00% (old)\n")
+    calls, printed = _gpu_check(tmp_path)
+    assert any("--rows fast,trainer" in call for call in calls)  # the fast row again
+    assert not any("--attention" in call for call in calls)
+    assert "(old)" not in printed
+
+
+def test_gpu_check_treats_a_step_killed_after_its_cap_as_timed_out(tmp_path):
+    # timeout -k: SIGKILL (exit 137) for a step still running 10 s after SIGTERM; like 124, no
+    # time is left for a rerun
+    calls, _ = _gpu_check(tmp_path, bench_rc=137)
+    assert not any("--rows fast,trainer" in call for call in calls)
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    timeouts = re.findall(r"\btimeout\b.*", code)
+    assert timeouts and all(t.startswith("timeout -k ") for t in timeouts)
+
+
+def test_gpu_check_expands_empty_arrays_for_old_bash():
+    # under set -u, bash before 4.4 stops at an empty "${A[@]}" (unbound variable): SMOKE is
+    # empty on the GPU machine, ATTENTION_FLAG when no kernel was chosen
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert re.findall(r"\$\{\w+\[@\]", code)
+    assert re.findall(r'(?<!\+)"\$\{\w+\[@\]\}"', code) == []
 
 
 def test_bench_json_collects_rows_of_several_runs(tmp_path, capsys):

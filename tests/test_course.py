@@ -202,6 +202,13 @@ def test_plot_lines_and_histograms():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
 
 
+def test_to_numpy_takes_a_list_of_tensors_of_any_dtype():
+    # losses kept as bfloat16 tensors (NumPy has no bfloat16; on a GPU, no device either)
+    losses = [torch.tensor(2.5, dtype=torch.bfloat16), torch.tensor(1.5, dtype=torch.bfloat16)]
+    assert viz.to_numpy(losses).tolist() == [2.5, 1.5]
+    assert viz.to_numpy([1, 2.5]).tolist() == [1, 2.5]
+
+
 def test_to_display_image_accepts_common_layouts():
     chw = torch.full((3, 4, 5), 255, dtype=torch.uint8)
     assert viz.to_display_image(chw).shape == (4, 5, 3)

@@ -12,7 +12,8 @@ from vitlib.checkpoint import load_checkpoint
 # a tiny fixed run: no augmentation, no dropout, no token dropping (the cpu recipe has it), so
 # the only randomness is the shared shuffle
 ARGS = ["-m", "vitlib", "train", "--smoke", "--epochs", "2", "--batch-size", "32",
-        "--crop-padding", "0", "--no-flip", "--token-drop", "0", "--threads", "1", "--quiet"]
+        "--crop-padding", "0", "--no-flip", "--token-drop", "0", "--threads", "1", "--quiet",
+        "--device", "cpu"]  # gloo on the CPU even beside a GPU (two processes, maybe one GPU)
 
 
 def run(command: list[str], out) -> None:

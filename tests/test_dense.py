@@ -73,6 +73,16 @@ def test_segmentation_vit(pool):
     assert backbone.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
+def test_segmentation_head_goes_where_the_backbone_is():
+    # "meta" in bfloat16 stands in for a backbone on a GPU in bfloat16
+    backbone = ViT(ViTConfig(image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2))
+    model = SegmentationViT(backbone.to("meta", torch.bfloat16), num_classes=3)
+    weight = model.head.proj.weight
+    assert (weight.device.type, weight.dtype) == ("meta", torch.bfloat16)
+    images = torch.randn(2, 3, 16, 16, device="meta", dtype=torch.bfloat16)
+    assert model(images).shape == (2, 3, 16, 16)
+
+
 def test_tubelet_embed_shape_and_order():
     torch.manual_seed(0)
     embed = TubeletEmbed(tubelet_size=2, patch_size=4, in_chans=3, embed_dim=16)

@@ -50,6 +50,14 @@ def test_replace_head_small_init_and_no_head():
         replace_head(model, 3, init_std=-0.1)
 
 
+def test_replace_head_takes_the_models_dtype_and_device():
+    # bfloat16 on the CPU stands in for a model in bfloat16 on a GPU, "meta" for its device
+    model = replace_head(small_vit().to(torch.bfloat16), 4)
+    assert model(torch.randn(2, 3, 16, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    meta = replace_head(small_vit().to("meta"), 4)
+    assert meta.head.weight.device.type == "meta"
+
+
 # --- freeze and trainable_parameters --------------------------------------------------------
 
 

@@ -109,6 +109,27 @@ def test_set_image_size_resizes_position_embedding():
     assert sincos(torch.randn(1, 3, 8, 8)).shape == (1, 5)
 
 
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_set_image_size_keeps_the_tables_dtype_device_and_gradient_flag(pos_embed):
+    # bfloat16 on the CPU stands in for a model in bfloat16 on a GPU, "meta" for its device
+    model = ViT(ViTConfig(**SMALL, pos_embed=pos_embed)).to(torch.bfloat16)
+    model.pos_embed.requires_grad_(False)  # frozen (a buffer for sin-cos)
+    model.set_image_size(24)
+    assert model.pos_embed.dtype == torch.bfloat16 and not model.pos_embed.requires_grad
+    assert model(torch.randn(2, 3, 24, 24, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    meta = ViT(ViTConfig(**SMALL, pos_embed=pos_embed)).to("meta")
+    meta.set_image_size(24)
+    assert meta(torch.randn(2, 3, 24, 24, device="meta")).device.type == "meta"
+
+
+def test_builds_under_another_default_device():
+    with torch.device("meta"):  # as with torch.device("cuda"), without the data
+        model = ViT(ViTConfig(**SMALL, drop_path=0.1, attn_init="mimetic", pos_embed="sincos"))
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+    assert model.blocks[-1].drop_path.p == pytest.approx(0.1)  # rising to drop_path
+    assert model(torch.randn(2, 3, 16, 16, device="meta")).shape == (2, 5)
+
+
 def test_bad_inputs_are_explained():
     model = ViT(ViTConfig(**SMALL))
     with pytest.raises(ValueError, match=r"for 16×16 images, got 24×24.*set_image_size\(24\)"):

@@ -14,6 +14,12 @@ def test_sincos_1d_formula():
     assert table[pos, 4 + i].item() == pytest.approx(math.cos(pos * omega), abs=1e-6)
 
 
+def test_sincos_1d_stays_on_the_positions_device():
+    # "meta" stands in for a GPU: positions there must not meet CPU frequencies
+    table = sincos_1d(torch.arange(5, device="meta"), 8)
+    assert table.device.type == "meta" and table.shape == (5, 8)
+
+
 def test_sincos_2d_rows_then_columns():
     table = sincos_2d(3, 4, 16)
     assert table.shape == (12, 16)

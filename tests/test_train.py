@@ -40,9 +40,10 @@ def data():
 def config(out_dir, **changes) -> TrainConfig:
     base = TrainConfig(
         epochs=2, batch_size=16, lr=2e-3, warmup_epochs=0.5, val_size=32, ema_decay=0.9,
-        augment=AugmentConfig(crop_padding=2, flip=True), num_threads=1,
+        augment=AugmentConfig(crop_padding=2, flip=True), num_threads=1, device="cpu",
         out_dir=None if out_dir is None else str(out_dir), progress=False, quiet=True,
-    )  # 400 train images -> 25 steps per epoch
+    )  # 400 train images -> 25 steps per epoch; on the CPU even beside a GPU: bit-exact
+    # resumes need deterministic kernels, and the tests compare the weights with CPU tensors
     return replace(base, **changes)
 
 
@@ -171,6 +172,32 @@ def test_checkpoint_loads_with_weights_only_and_matches_the_reported_accuracy(da
     for name in ("history.json", "history.csv", "history.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert history.checkpoint == str(tmp_path / CHECKPOINT_NAME)
+
+
+def test_resume_on_another_kind_of_device_starts_new_random_draws(data, tmp_path, capsys):
+    train(MODEL, config(tmp_path, epochs=1), data)
+    state = load_checkpoint(tmp_path)
+    del state["format"], state["version"]
+    # what a run on a GPU saves: a CUDA generator's state is 16 bytes (seed and offset)
+    cuda_state = torch.zeros(16, dtype=torch.uint8)
+    state["rng"] = [{**state["rng"][0], "augment": cuda_state, "cuda": cuda_state}]
+    train_module.save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    history = train(MODEL, config(tmp_path, epochs=2, quiet=False), data, resume=tmp_path)
+    assert len(history.epochs) == 2 and history.stop_reason == "epochs"
+    assert "written on another kind of device, resumed on cpu" in capsys.readouterr().out
+
+
+def test_more_processes_than_gpus_is_explained(data, monkeypatch):
+    # torchrun --nproc_per_node=2 on a machine with one GPU
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match=r"wants GPU cuda:1, but PyTorch sees 1 GPU.*"
+                                         r"--nproc_per_node=1"):
+        train(MODEL, config(None, device="auto", num_threads=threads + 1), data)
+    assert torch.get_num_threads() == threads  # the failed start leaves the threads alone
 
 
 def test_resume_with_another_model_shape_is_refused(data, tmp_path):

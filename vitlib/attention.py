@@ -25,7 +25,8 @@ def scaled_dot_product_attention(
     Returns O with shape (..., Nq, dv) and A with shape (..., Nq, Nk).
     """
     d = q.shape[-1]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (..., Nq, Nk)
+    # scaled before the product, which could overflow float16 (as F.scaled_dot_product_attention)
+    scores = (q / math.sqrt(d)) @ k.transpose(-2, -1)  # (..., Nq, Nk)
     if mask is not None:
         if mask.dtype != torch.bool:
             raise ValueError(

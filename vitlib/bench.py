@@ -18,7 +18,8 @@ Rows (images per second = optimizer steps per second × batch size, data path in
 
 Each row runs warm-up steps (compilation included, reported apart), then ``--repeats`` timed
 windows of ``--steps`` steps; the table shows the median window. The trainer row's windows are
-epochs of ``--steps`` steps (on that many batches' worth of images), after one warm-up epoch.
+epochs of ``--steps`` steps (on that many batches' worth of images, or all the batches the
+training split holds where that is fewer), after one warm-up epoch.
 Model FLOPs utilisation (MFU) counts the matrix products of ``flops_per_image`` (×3 for a
 training step) against the bf16 matrix-product rate measured here (``--ceilings``) or the
 datasheet's.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import traceback
@@ -267,19 +269,21 @@ def device_step(
 def trainer_row(config: ViTConfig, split: Split, device: torch.device,
                 args: argparse.Namespace, compile_mode: str | None, attention: str | None) -> Row:
     """Time ``vitlib.train.train`` itself: recipe cifar_fast with crop + flip, on a subset of
-    ``--steps`` batches, so that each epoch is one window; the first epoch is the warm-up."""
+    ``--steps`` batches (fewer where the split holds fewer: CIFAR-10's 50,000 images are 48
+    batches of 1024), so that each epoch is one window; the first epoch is the warm-up."""
+    steps = min(args.steps, len(split) // args.batch_size)
+    if steps < 1:
+        raise ValueError(f"the trainer row needs a batch of {args.batch_size} images, got "
+                         f"{len(split)}; use a smaller --batch-size")
     _, recipe = get_recipe("cifar_fast")
     recipe = replace(
         recipe, epochs=1 + args.repeats, batch_size=args.batch_size, val_size=0,
-        max_train_samples=args.steps * args.batch_size, max_eval_samples=args.batch_size,
+        max_train_samples=steps * args.batch_size, max_eval_samples=args.batch_size,
         augment=AugmentConfig(crop_padding=4, flip=True), precision="bf16",
         compile=compile_mode is not None,
         compile_mode=compile_mode or "default", attention=attention, time_budget_s=None,
         device=str(device), out_dir=None, progress=False, quiet=True,
     )
-    if len(split) < recipe.max_train_samples:
-        raise ValueError(f"the trainer row needs {recipe.max_train_samples} images "
-                         f"(--steps × --batch-size), got {len(split)}; use fewer --steps")
     classes = [str(k) for k in range(config.num_classes)]
     history = train(config, recipe, CIFAR10(split, split, classes))
     warmup, *timed = history.epochs
@@ -422,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         args.typical_batch = args.timm_batch = args.batch_size = 16
 
     name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
-    print(f"device: {name} · torch {torch.__version__} · {_timm_version()}")
+    timm_version = _timm_version()
+    timm_note = f"timm {timm_version}" if timm_version else "timm not importable (no timm row)"
+    print(f"device: {name} · torch {torch.__version__} · {timm_note}")
     loaded = time.perf_counter()
     if args.data == "synthetic" or (args.smoke and args.data is None):
         data = synthetic_cifar(n_train=256, n_test=16)
@@ -449,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+            write_json(args.json, report)
 
     attention = None if args.attention == "default" else args.attention
     if {"fast", "trainer"} & set(rows_wanted) and attention == "auto":
@@ -468,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.deadline is not None and time.perf_counter() - started > args.deadline:
             print(f"{row}: skipped, past the {args.deadline:.0f} s deadline")
             continue
-        if row == "timm" and not _timm_version().startswith("timm "):
-            print("timm: skipped, timm is not installed (pip install timm)")
+        if row == "timm" and timm_version is None:
+            print("timm: skipped, timm cannot be imported (pip install timm)")
             continue
         try:
             result = measure_row(row, config, data.train, device, args, use_compile, attention)
@@ -495,9 +501,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _timm_version() -> str:
+def write_json(path: str | Path, report: dict) -> None:
+    """Write ``report`` through a temporary file and a rename, so a run killed while writing
+    (by the time limit of gpu_check.sh) leaves the last whole file for the next run."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _timm_version() -> str | None:
+    """timm's version, or None where it is missing or fails to import (a timm built for
+    another torch or torchvision can fail with any error, not only ImportError)."""
     try:
         import timm
-    except ImportError:
-        return "timm not installed (no timm row)"
-    return f"timm {timm.__version__}"
+    except Exception:
+        return None
+    return timm.__version__

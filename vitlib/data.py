@@ -600,18 +600,19 @@ def train_val_split(split: Split, val_size: int = 5000, seed: int = 0) -> tuple[
     if not 0 < val_size < n:
         raise ValueError(f"val_size must be between 1 and {n - 1} for a split of {n}, "
                          f"got {val_size}")
+    labels = split.labels.cpu()  # the split may live on a GPU; its indices are made here
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
-    order = order[torch.argsort(split.labels[order], stable=True)]  # by class, shuffled within
-    counts = torch.bincount(split.labels, minlength=int(split.labels.max()) + 1)
+    order = order[torch.argsort(labels[order], stable=True)]  # by class, shuffled within
+    counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
     share = counts.double() * val_size / n  # each class's exact share of the validation set
     quota = share.floor().long()
     leftover = val_size - int(quota.sum())
     quota[torch.argsort(share - quota, descending=True, stable=True)[:leftover]] += 1
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n) - starts[split.labels[order]]  # position within its class
+    rank = torch.arange(n) - starts[labels[order]]  # position within its class
     is_val = torch.zeros(n, dtype=torch.bool)
-    is_val[order] = rank < quota[split.labels[order]]
+    is_val[order] = rank < quota[labels[order]]
     return split.subset(torch.where(~is_val)[0]), split.subset(torch.where(is_val)[0])
 
 

@@ -57,8 +57,9 @@ class SegmentationViT(nn.Module):
                              f"its tokens; it has token_drop={c.token_drop}: build it with "
                              "token_drop=0")
         self.backbone = backbone
+        weight = backbone.patch_embed.proj.weight  # the head goes to its device and dtype
         self.head = SegmentationHead(c.embed_dim, num_classes, c.patch_size,
-                                     (c.grid_size, c.grid_size))
+                                     (c.grid_size, c.grid_size)).to(weight.device, weight.dtype)
 
     def forward(self, images: Tensor) -> Tensor:
         tokens = self.backbone.forward_features(images)  # (B, T, D)

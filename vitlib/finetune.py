@@ -38,11 +38,11 @@ def replace_head(model: ViT, num_classes: int, *, init_std: float = 0.0) -> ViT:
     if init_std < 0:
         raise ValueError(f"init_std must be 0 (zero weights) or more, got {init_std}")
     dim = model.config.embed_dim
-    device = model.patch_embed.proj.weight.device
+    weight = model.patch_embed.proj.weight  # the new head goes to its device and dtype
     if num_classes == 0:
         model.head = nn.Identity()
     else:
-        head = nn.Linear(dim, num_classes, device=device)
+        head = nn.Linear(dim, num_classes, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             head.weight.normal_(0.0, init_std) if init_std > 0 else head.weight.zero_()
             head.bias.zero_()

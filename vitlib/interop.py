@@ -14,6 +14,8 @@ all tokens, then the class token or the mean of the tokens, then a linear head):
 Each converter renames keys with its format's table, refuses features vitlib's ViT does not
 have with a ``ValueError`` naming them, reads the config from the source, builds a ``ViT`` and
 loads it with ``load_state_dict_checked``. ``load_pretrained`` picks the converter for you.
+The result is a float32 model on the CPU, whatever the source's device and dtype: move it with
+``.to(device)`` before comparing it with a source on a GPU.
 Nothing here downloads or imports timm, torchvision or transformers: a model is read through
 its ``state_dict()`` and a few attributes.
 """

@@ -164,7 +164,8 @@ class ViT(nn.Module):
         else:
             self.register_buffer("pos_embed", self._sincos_table(c), persistent=False)
         self.pos_drop = nn.Dropout(c.dropout)
-        rates = torch.linspace(0, c.drop_path, c.depth).tolist()
+        # on the CPU even under another default device (with torch.device("meta"): ...)
+        rates = torch.linspace(0, c.drop_path, c.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(
             EncoderBlock(
                 c.embed_dim, c.num_heads, c.mlp_hidden, c.qkv_bias,
@@ -248,9 +249,9 @@ class ViT(nn.Module):
         if isinstance(self.pos_embed, nn.Parameter):
             prefix = int(c.pool == "cls")
             table = resize_pos_embed(self.pos_embed.data, (c.grid_size, c.grid_size), prefix)
-            self.pos_embed = nn.Parameter(table)
+            self.pos_embed = nn.Parameter(table, requires_grad=self.pos_embed.requires_grad)
         else:
-            self.pos_embed = self._sincos_table(c).to(self.pos_embed.device)
+            self.pos_embed = self._sincos_table(c).to(self.pos_embed)  # its device and dtype
         self.config = c
 
 

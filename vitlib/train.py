@@ -363,6 +363,13 @@ def _start_process(config: TrainConfig) -> _Process:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use 'cpu'")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"this process (LOCAL_RANK {local_rank}) wants GPU {device}, but PyTorch sees "
+                f"{count} GPU(s); start at most {count} process(es) per machine (torchrun "
+                f"--nproc_per_node={count}), or use device 'cpu'"
+            )
         torch.cuda.set_device(device)
     owns_group = False
     if world_size > 1 and not dist.is_initialized():
@@ -618,15 +625,19 @@ class _Run:
         self.sums = {k: v.to(device) for k, v in state["epoch_sums"].items()}
         self.history = History.from_dict(state["history"])
         rngs = state["rng"]
-        if len(rngs) == self.proc.world_size:
+        # a generator's state fits only a generator of its kind (a CPU one and a CUDA one differ)
+        same_kind = rngs[0]["augment"].shape == self.generator.get_state().shape
+        if len(rngs) == self.proc.world_size and same_kind:
             rng = rngs[self.proc.rank]
             torch.set_rng_state(rng["torch"])
             self.generator.set_state(rng["augment"])
             if "cuda" in rng and device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"], device)
         elif self.show:
-            tqdm.write(f"note: checkpoint written by {len(rngs)} process(es), resumed on "
-                       f"{self.proc.world_size}; the random draws will differ from an "
+            change = (f"written by {len(rngs)} process(es), resumed on {self.proc.world_size}"
+                      if len(rngs) != self.proc.world_size else
+                      f"written on another kind of device, resumed on {device.type}")
+            tqdm.write(f"note: checkpoint {change}; the random draws will differ from an "
                        "uninterrupted run")
 
     # --- the loop ---
@@ -956,10 +967,10 @@ def train(
     infinite loss raises ``TrainingDiverged`` and leaves the last checkpoint as it was.
     """
     config = train_config
+    proc = _start_process(config)
     previous_threads = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    proc = _start_process(config)
     try:
         run = _Run(model, config, data, proc)
         if resume is not None:

@@ -29,6 +29,8 @@ def to_numpy(x) -> np.ndarray:
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
         return x.numpy()
+    if isinstance(x, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in x):
+        return np.asarray([to_numpy(v) for v in x])  # e.g. losses kept as tensors
     return np.asarray(x)
 
 
