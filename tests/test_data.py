@@ -400,6 +400,26 @@ def test_download_then_read(tmp_path, cache, monkeypatch):
     assert len(d.train) == 5 * PER_BATCH and d.classes == CIFAR10_CLASSES
 
 
+def test_processes_downloading_together_never_share_a_file(tmp_path, cache, monkeypatch):
+    # torchrun on a fresh machine: every process downloads; each writes its own folder, the
+    # first one moved into place wins and the others keep it
+    import torchvision.datasets
+
+    roots = []
+
+    class FakeDownload:
+        def __init__(self, root, train=True, download=False):
+            roots.append(Path(root))
+            write_batches(Path(root) / "cifar-10-batches-py")
+            if len(roots) == 1:  # another process finishes first, while this one downloads
+                write_batches(tmp_path / "root" / "cifar-10-batches-py")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeDownload)
+    first = load_cifar10(tmp_path / "root", cache_dir=cache, download=True)
+    assert roots[0] != tmp_path / "root" and roots[0].parent == tmp_path / "root"
+    assert [p.name for p in (tmp_path / "root").iterdir()] == ["cifar-10-batches-py"]
+    assert len(first.train) == 5 * PER_BATCH
+
 # --- splits and synthetic data --------------------------------------------------------------
 
 def numbered_split(labels: list[int]) -> Split:

@@ -21,6 +21,7 @@ import io
 import lzma
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 import warnings
@@ -222,20 +223,36 @@ def _locate(path: Path, download: bool) -> tuple[str, Path]:
 
 
 def _download(root: Path) -> Path:
-    """Download CIFAR-10 into torchvision's root folder ``root``; its batches folder."""
+    """Download CIFAR-10 into torchvision's root folder ``root``; its batches folder.
+
+    The download goes to a private folder and its batches folder is then renamed into place,
+    so processes that download at the same time (``torchrun`` on a fresh machine) never write
+    the same file: the first rename wins, the others keep its folder and drop their own.
+    """
     from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
     root.mkdir(parents=True, exist_ok=True)
+    target = root / "cifar-10-batches-py"
+    private = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
     try:
-        TorchvisionCIFAR10(root, train=True, download=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"could not download CIFAR-10 into {root} ({type(err).__name__}: {err}). Offline, "
-            "use a local copy instead: set VITLIB_DATA to a cifar-10-python.tar.gz, a "
-            "cifar-10-batches-py folder, or an image-folder tree or .tar.gz (train/<class>/*, "
-            f"test/<class>/*), or put one of those into {_project_dir() / 'data'}"
-        ) from err
-    return root / "cifar-10-batches-py"
+        try:
+            TorchvisionCIFAR10(private, train=True, download=True)
+        except Exception as err:
+            raise RuntimeError(
+                f"could not download CIFAR-10 into {root} ({type(err).__name__}: {err}). "
+                "Offline, use a local copy instead: set VITLIB_DATA to a cifar-10-python.tar.gz, "
+                "a cifar-10-batches-py folder, or an image-folder tree or .tar.gz "
+                f"(train/<class>/*, test/<class>/*), or put one of those into "
+                f"{_project_dir() / 'data'}"
+            ) from err
+        try:
+            os.replace(private / target.name, target)
+        except OSError:
+            if len(_batch_names(target)) < len(_BATCH_FILES) + 1:  # not another's whole copy
+                raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return target
 
 
 def _batch_names(folder: Path) -> list[str]:
