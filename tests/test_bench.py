@@ -171,6 +171,22 @@ def test_gpu_check_expands_empty_arrays_for_old_bash():
     assert re.findall(r'(?<!\+)"\$\{\w+\[@\]\}"', code) == []
 
 
+def test_micro_model_runs_the_gpu_commands_with_a_tiny_eager_model():
+    micro = [sys.executable, "benchmarks/micro_model.py"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    recipes = subprocess.run(
+        [*micro, "-c", "from vitlib.train import RECIPES as R; "
+         "print(*[(R[n][0].embed_dim, R[n][0].depth, R[n][1].compile) for n in sorted(R)])"],
+        cwd=ROOT, env=env, text=True, capture_output=True, check=True).stdout
+    assert "(16, 1, False) (16, 1, False)" in recipes  # cifar_fast and cifar_fast_30
+    assert "(64, 2, False)" in recipes  # the cpu recipe's model is left as it is
+    done = subprocess.run(
+        [*micro, "-m", "vitlib", "bench", "--data", "synthetic", "--rows", "trainer", "--steps",
+         "2", "--repeats", "1", "--batch-size", "32", "--no-ceilings"],
+        cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "d=16 depth=1" in done.stdout and "\ntrainer " in done.stdout
+
 def test_bench_json_collects_rows_of_several_runs(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--rows", "typical", "--json", str(out)])
