@@ -34,7 +34,9 @@ def test_bench_smoke_prints_a_table_with_each_pipeline(tmp_path, capsys):
     assert report["attention"]["choice"] in ("flash", "math")  # what a CPU has
 
 
-def test_trainer_row_times_the_training_engine_itself(monkeypatch, tmp_path):
+@pytest.fixture
+def trainer_runs(monkeypatch) -> list:
+    """The (TrainConfig, History) of each ``vitlib.train.train`` call the bench makes."""
     runs = []
     real_train = bench.train
 
@@ -44,8 +46,12 @@ def test_trainer_row_times_the_training_engine_itself(monkeypatch, tmp_path):
         return history
 
     monkeypatch.setattr(bench, "train", spy)
+    return runs
+
+
+def test_trainer_row_times_the_training_engine_itself(trainer_runs, tmp_path):
     assert bench.main(["--smoke", "--rows", "trainer", "--json", str(tmp_path / "b.json")]) == 0
-    [(config, history)] = runs
+    [(config, history)] = trainer_runs
     _, recipe = bench.get_recipe("cifar_fast")
     assert config.fast_step and config.ema_decay == recipe.ema_decay and config.lr == recipe.lr
     assert config.augment.mixup_alpha == 0 and config.augment.num_ops == 0  # crop + flip only
@@ -56,22 +62,13 @@ def test_trainer_row_times_the_training_engine_itself(monkeypatch, tmp_path):
     assert row["images_per_s"] == pytest.approx(history.epochs[1]["images_per_s"], rel=1e-9)
 
 
-def test_trainer_row_uses_the_batches_a_split_holds(monkeypatch):
+def test_trainer_row_uses_the_batches_a_split_holds(trainer_runs):
     # CIFAR-10's 50,000 images hold 48 batches of 1024, fewer than the default --steps 50
-    runs = []
-    real_train = bench.train
-
-    def spy(model, config, data):
-        history = real_train(model, config, data)
-        runs.append((config, history))
-        return history
-
-    monkeypatch.setattr(bench, "train", spy)
     config = get_config("vit_cifar_tiny", **bench.SMOKE_MODEL)
     args = argparse.Namespace(steps=50, batch_size=16, repeats=1)
     row = bench.trainer_row(config, synthetic_cifar(n_train=200).train, torch.device("cpu"),
                             args, compile_mode=None, attention=None)
-    [(train_config, history)] = runs
+    [(train_config, history)] = trainer_runs
     assert train_config.max_train_samples == 12 * 16  # 200 images: 12 whole batches
     assert [r["step"] for r in history.epochs] == [12, 24]
     assert row.images_per_s == pytest.approx(history.epochs[1]["images_per_s"], rel=1e-9)
