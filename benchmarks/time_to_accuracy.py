@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     _, _, _, config = variants[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    budget = f"{config.time_budget_s:g} s" if config.time_budget_s else "none (epochs only)"
     print(f"device: {name} · torch {torch.__version__} · recipe {args.recipe} · "
-          f"budget {config.time_budget_s} s · seeds {args.seed}..{args.seed + args.seeds - 1}"
+          f"budget {budget} · seeds {args.seed}..{args.seed + args.seeds - 1}"
           + (f" · {len(variants)} variants" if len(variants) > 1 else ""))
 
     if args.data == "synthetic" or (args.smoke and args.data is None):

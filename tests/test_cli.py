@@ -113,3 +113,70 @@ def test_bench_forwards_its_arguments(monkeypatch):
     monkeypatch.setitem(sys.modules, "vitlib.bench", fake)
     assert main(["bench", "--help", "--steps", "3"]) == 0
     assert seen == [["--help", "--steps", "3"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--smoke", "--device", "gpu"], "unknown device 'gpu'"),
+        (["train", "--smoke", "--max-train-samples", "0"], "must be at least 1, got 0"),
+        (["eval", "runs/x", "--batch-size", "0"], "must be at least 1, got 0"),
+        (["eval", "runs/x", "--max-samples", "-1"], "must be at least 1, got -1"),
+    ],
+)
+def test_bad_flag_values_are_rejected_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_negative_time_budget_names_the_flag(capsys):
+    assert main([*SMOKE, "--time-budget", "-5"]) == 2
+    assert "--time-budget must be 0 (no limit) or more seconds" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_eval_on_cuda_without_a_gpu_says_so(smoke_run, capsys):
+    assert main(["eval", str(smoke_run), "--data", "synthetic", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "sees no CUDA GPU" in err and "not a readable" not in err
+
+
+def test_mistyped_vitlib_data_is_an_error_not_a_download(smoke_run, tmp_path, monkeypatch,
+                                                          capsys):
+    import vitlib.data
+
+    def no_download(root):
+        pytest.fail(f"tried to download into {root}")
+
+    monkeypatch.setattr(vitlib.data, "_download", no_download)
+    typo = tmp_path / "cifar10-jepg"
+    monkeypatch.setenv("VITLIB_DATA", str(typo))
+    assert main(["eval", str(smoke_run)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not typo.exists()
+
+
+def test_quiet_prints_nothing(tmp_path, capsys):
+    assert main([*SMOKE, "--quiet", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_resume_with_preset_looks_in_the_preset_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = ["train", "--preset", "vit_cifar_cpu", "--data", "synthetic", "--device", "cpu",
+           "--threads", "1", "--no-progress", "--val-size", "64", "--max-train-samples", "128",
+           "--max-eval-samples", "64", "--time-budget", "0", "--epochs", "1"]
+    assert main(run) == 0
+    assert (tmp_path / "runs" / "vit_cifar_cpu" / CHECKPOINT_NAME).is_file()
+    assert main([*run, "--resume", "--epochs", "2"]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "runs" / "vit_cifar_cpu")["progress"]["epoch"] == 2
+
+
+def test_resume_of_a_finished_run_says_how_to_train_further(smoke_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes((smoke_run / CHECKPOINT_NAME).read_bytes())
+    assert main([*SMOKE, "--out", str(out), "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out

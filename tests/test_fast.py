@@ -108,6 +108,8 @@ def test_bad_options_name_the_choices():
         TrainStep(model, optimizer, 10, precision="fp16")
     with pytest.raises(ValueError, match="flash, efficient, cudnn, math"):
         TrainStep(model, optimizer, 10, attention="fastest")
+    with pytest.raises(ValueError, match="default, reduce-overhead, max-autotune"):
+        TrainStep(model, optimizer, 10, compile_mode="fastest")
     with pytest.raises(ValueError, match="flash"), attention_backend("triton"):
         pass
 

@@ -143,6 +143,9 @@ def test_bad_inputs_are_explained():
         ViTConfig(embed_dim=192, num_heads=5)
     with pytest.raises(ValueError, match="pool must be"):
         ViTConfig(pool="max")
+    for name in ("dropout", "attn_dropout", "drop_path"):
+        with pytest.raises(ValueError, match=rf"{name} is a probability in \[0, 1\), got 2"):
+            ViTConfig(**{name: 2.0})
     with pytest.raises(ValueError, match="unknown preset 'vit_huge'.*vit_cifar_tiny"):
         create_model("vit_huge")
     with pytest.raises(ValueError, match="not divisible by patch size"):

@@ -260,6 +260,10 @@ def test_bad_settings_are_explained(data, tmp_path):
         config(tmp_path, precision="fp8")
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         config(tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="warmup_epochs must be 0 .* got -1"):
+        config(tmp_path, warmup_epochs=-1)
+    with pytest.raises(ValueError, match="compile_mode must be one of default, reduce-overhead"):
+        config(tmp_path, compile_mode="fastest")
     with pytest.raises(ValueError, match="val_size 500 leaves no training images"):
         train(MODEL, config(tmp_path, val_size=500), data)
     with pytest.raises(ValueError, match="batch_size 1024 is larger than the 400"):

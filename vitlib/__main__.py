@@ -9,7 +9,7 @@
     torchrun --nproc_per_node=4 -m vitlib train # several GPUs
 
 Data comes from ``--data``, else ``$VITLIB_DATA``, else the project's ``data/`` folder, else
-it is downloaded.
+it is downloaded into ``data/`` (never into a folder named by ``--data`` or ``$VITLIB_DATA``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from .fast import ATTENTION_BACKENDS
+from .fast import ATTENTION_BACKENDS, COMPILE_MODES
 from .model import ATTN_INITS, POS_EMBEDS, PRESETS, ViTConfig, get_config
 from .train import PRECISIONS, RECIPES, TrainConfig
 
@@ -84,13 +84,15 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, help="weight moving average decay (0 = off)")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
-    p.add_argument("--compile-mode", help="torch.compile mode (reduce-overhead: CUDA graphs)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--fast-step", action=argparse.BooleanOptionalAction,
                    help="bf16 weights and activations in one compiled step (one process)")
     p.add_argument("--attention", choices=list(ATTENTION_BACKENDS),
                    help="attention kernel of the fast step (default: PyTorch's choice)")
     p.add_argument("--val-size", type=int, help="training images held out for validation")
-    p.add_argument("--eval-every", type=int, help="validate every N epochs")
+    p.add_argument("--eval-every", type=int,
+                   help="validate and save the checkpoint every N epochs (and after the last)")
     aug = parser.add_argument_group("augmentation")
     aug.add_argument("--crop-padding", type=int, help="random crop padding in pixels (0 = off)")
     aug.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random flips")
@@ -120,6 +122,28 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
             if getattr(args, flag) is not None}
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device_name(text: str) -> str:
+    """An argparse type: a device PyTorch knows (auto, cpu, cuda, cuda:1, ...)."""
+    if text != "auto":
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vitlib", description="Train and evaluate Vision Transformers.",
@@ -134,11 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--recipe", choices=list(RECIPES),
                    help="named settings (default: gpu on a GPU, else cpu)")
-    t.add_argument("--preset", choices=list(PRESETS), help="model preset")
+    t.add_argument("--preset", choices=list(PRESETS),
+                   help="model preset, in place of the recipe's model (and of its token "
+                   "dropping: add --token-drop to keep it)")
     t.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
-    t.add_argument("--out", help="output folder for checkpoint and history (runs/NAME)")
+    t.add_argument("--out", help="output folder for checkpoint and history (default: "
+                   "runs/PRESET with --preset, runs/smoke with --smoke, else runs/RECIPE)")
     t.add_argument("--resume", nargs="?", const="", metavar="PATH",
-                   help="continue from a checkpoint or run folder (default: the --out folder)")
+                   help="continue from a checkpoint or run folder (default: the --out folder, "
+                   "given or default)")
     t.add_argument("--smoke", action="store_true",
                    help="tiny model, 256 images, 1 epoch, made-up data unless --data")
     t.add_argument("--time-budget", type=float, metavar="SECONDS",
@@ -146,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int,
                    help="CPU threads (0 = the faster of 1 and all, timed each epoch)")
-    t.add_argument("--device", help="auto, cuda or cpu")
-    t.add_argument("--max-train-samples", type=int, help="train on a random subset")
-    t.add_argument("--max-eval-samples", type=int, help="validate and test on random subsets")
-    t.add_argument("--quiet", action="store_true", help="print nothing")
+    t.add_argument("--device", type=_device_name, help="auto, cuda or cpu")
+    t.add_argument("--max-train-samples", type=_positive_int, help="train on a random subset")
+    t.add_argument("--max-eval-samples", type=_positive_int,
+                   help="validate and test on random subsets")
+    t.add_argument("--quiet", action="store_true", help="print nothing (errors aside)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_recipe_flags(t)
     t.set_defaults(func=run_train)
@@ -159,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint file or run folder")
     e.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
     e.add_argument("--tta", choices=["flip"], help="test-time augmentation")
-    e.add_argument("--batch-size", type=int, default=1000)
-    e.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    e.add_argument("--max-samples", type=int, help="evaluate on a random subset")
+    e.add_argument("--batch-size", type=_positive_int, default=1000,
+                   help="images per forward pass (default: 1000)")
+    e.add_argument("--device", type=_device_name, default="auto", help="auto, cuda or cpu")
+    e.add_argument("--max-samples", type=_positive_int, help="evaluate on a random subset")
     e.set_defaults(func=run_eval)
 
     commands.add_parser("bench", add_help=False, help="GPU throughput benchmark "
@@ -169,29 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(source: str | None, *, smoke: bool = False):
-    """CIFAR-10 from ``source`` (None: $VITLIB_DATA, data/, else download), or made-up images
-    for 'synthetic' and for smoke runs without a source."""
+def load_data(source: str | None, *, smoke: bool = False, quiet: bool = False):
+    """CIFAR-10 from ``source`` (None: $VITLIB_DATA, data/, else a download into data/), or
+    made-up images for 'synthetic' and for smoke runs without a source."""
     from .data import load_cifar10, synthetic_cifar
 
     if source == "synthetic" or (smoke and source is None):
-        if smoke and source is None and os.environ.get("RANK", "0") == "0":
+        if smoke and source is None and os.environ.get("RANK", "0") == "0" and not quiet:
             print("smoke run on made-up images (pass --data to use CIFAR-10)")
         return synthetic_cifar(**SYNTHETIC)
+    # a download only when no source is named: a mistyped --data or $VITLIB_DATA is an error,
+    # not a folder to download into
+    download = source is None and not os.environ.get("VITLIB_DATA")
     try:
-        return load_cifar10(source, download=source is None)
+        return load_cifar10(source, download=download, progress=not quiet)
     except RuntimeError as err:  # the download failed (offline)
         raise ValueError(str(err)) from err
 
 
 def _device(name: str | None) -> torch.device:
+    """The device ``--device`` names (auto: a CUDA GPU if there is one, else the CPU)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use "
+                         "--device cpu (or auto)")
+    return device
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .checkpoint import load_checkpoint
     from .train import get_recipe, recipe, train
 
     model_config, config = get_recipe(args.recipe) if args.recipe else recipe(
@@ -203,10 +241,15 @@ def run_train(args: argparse.Namespace) -> int:
         if args.preset is None:
             model_config = dataclasses.replace(model_config, **SMOKE_MODEL)
 
+    if args.time_budget is not None and args.time_budget < 0:
+        raise ValueError(f"--time-budget must be 0 (no limit) or more seconds, got "
+                         f"{args.time_budget:g}")
+    # where a new run with these flags writes, and so where --resume looks by default
+    default_out = f"runs/{args.preset}" if args.preset is not None and not args.smoke else (
+        config.out_dir)
     resume = None
     if args.resume is not None:
-        out = args.out or config.out_dir
-        resume = args.resume or f"{out}/{CHECKPOINT_NAME}"
+        resume = args.resume or (args.out or default_out)
         saved = load_checkpoint(resume)
         config = TrainConfig.from_dict(saved["train_config"])
         config = dataclasses.replace(config, progress=True, quiet=False)
@@ -223,13 +266,31 @@ def run_train(args: argparse.Namespace) -> int:
         given["progress"] = False
     if args.quiet:
         given["quiet"] = True
-    if args.out is None and args.preset is not None and not args.smoke and resume is None:
-        given["out_dir"] = f"runs/{args.preset}"
+    if args.out is None and resume is None:
+        given["out_dir"] = default_out
     config = dataclasses.replace(config, **given)
+    if resume is not None and not config.quiet:
+        _note_if_finished(saved["progress"], config)
 
-    data = load_data(args.data, smoke=args.smoke)
+    data = load_data(args.data, smoke=args.smoke, quiet=config.quiet)
     train(model_config, config, data, resume=resume)
     return 0
+
+
+def _note_if_finished(progress: dict, config: TrainConfig) -> None:
+    """Say so when the run to resume has nothing left to train: its epochs or time are spent."""
+    budget = config.time_budget_s
+    if os.environ.get("RANK", "0") != "0":  # one note under torchrun
+        return
+    if progress["epoch"] >= config.epochs:
+        more = f"pass --epochs N with N over {config.epochs}"
+    elif budget and progress["train_time_s"] >= budget:
+        more = f"pass --time-budget SECONDS over {budget:g} (0 = no limit)"
+    else:
+        return
+    print(f"note: this run has already finished ({progress['epoch']} epochs, "
+          f"{progress['train_time_s']:.0f} s of training), so it is only tested again; "
+          f"to train further, {more}")
 
 
 def _run_folder(path: str):

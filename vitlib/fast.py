@@ -26,6 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Precision = Literal["fp32", "autocast", "bf16"]
 PRECISIONS = ("fp32", "autocast", "bf16")
+# torch.compile's modes; the two that end in CUDA graphs are also in CUDA_GRAPH_MODES
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 ATTENTION_BACKENDS: dict[str, SDPBackend] = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -90,6 +93,9 @@ class TrainStep:
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be None (eager) or one of "
+                             f"{', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         if attention is not None and attention not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"unknown attention backend {attention!r}; choose one of "
@@ -98,7 +104,7 @@ class TrainStep:
         self.model, self.optimizer, self.num_classes = model, optimizer, num_classes
         self.precision, self.attention = precision, attention
         self.label_smoothing, self.grad_clip = label_smoothing, grad_clip
-        self.cuda_graphs = compile_mode in ("reduce-overhead", "max-autotune")
+        self.cuda_graphs = compile_mode in CUDA_GRAPH_MODES
         self._loss = self._forward_loss
         if compile_mode is not None:
             self._loss = torch.compile(self._forward_loss, mode=compile_mode)

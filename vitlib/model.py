@@ -61,6 +61,9 @@ class ViTConfig:
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}; "
                 f"choose num_heads from {options} or change embed_dim"
             )
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.token_drop < 1:
             raise ValueError(f"token_drop is the share of patch tokens dropped in training, in "
                              f"[0, 1), got {self.token_drop}; 0 keeps them all")

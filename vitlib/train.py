@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .augment import Augment, AugmentConfig, normalize
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, train_val_split
-from .fast import ATTENTION_BACKENDS, TrainStep, update_ema
+from .fast import ATTENTION_BACKENDS, COMPILE_MODES, TrainStep, update_ema
 from .model import ViT, ViTConfig, config_dict, count_parameters, get_config
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -91,6 +91,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be 0 (no warm-up) or more, got "
+                             f"{self.warmup_epochs}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
+                             f"{self.compile_mode!r}")
         if not 0 < self.token_drop_until <= 1:
             raise ValueError(f"token_drop_until is the share of the run with token dropping, in "
                              f"(0, 1] (1 = the whole run), got {self.token_drop_until}")
