@@ -185,15 +185,21 @@ def test_default_source(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="VITLIB_DATA.*data.*download=True"):
         default_source()
     assert default_source(download=True) == tmp_path / "data"
+    monkeypatch.setenv("VITLIB_DATA", "cifar10-jepg.tar.gz")  # a typo is never downloaded into
+    with pytest.raises(FileNotFoundError, match="VITLIB_DATA=cifar10-jepg.tar.gz names .* does"):
+        default_source(download=True)
+    monkeypatch.delenv("VITLIB_DATA")
     write_batches(tmp_path / "data" / "cifar-10-batches-py")
     (tmp_path / "data" / "cache").mkdir()
     assert default_source() == tmp_path / "data"
     d = load_cifar10()  # reads data/, caches in data/cache
     assert len(d.train) == 5 * PER_BATCH and list((tmp_path / "data" / "cache").glob("*.pt"))
     monkeypatch.setenv("VITLIB_DATA", "elsewhere/x.tar.gz")  # relative to the project
-    assert default_source() == tmp_path / "elsewhere" / "x.tar.gz"
-    with pytest.raises(FileNotFoundError, match="x.tar.gz does not exist"):
+    with pytest.raises(FileNotFoundError, match="elsewhere/x.tar.gz, which does not exist"):
         load_cifar10()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.tar.gz").write_bytes(b"")
+    assert default_source() == tmp_path / "elsewhere" / "x.tar.gz"
 
 
 # --- cache ----------------------------------------------------------------------------------

@@ -104,14 +104,20 @@ class CIFAR10:
 # --- where the data is ----------------------------------------------------------------------
 
 def default_source(download: bool = False) -> Path:
-    """The source ``load_cifar10()`` uses when given none: ``$VITLIB_DATA`` if set, else a
-    known layout inside the project's ``data/`` folder, else (with ``download=True``) that
-    folder as torchvision's download root."""
+    """The source ``load_cifar10()`` uses when given none: ``$VITLIB_DATA`` if set (it must
+    exist), else a known layout inside the project's ``data/`` folder, else (with
+    ``download=True``) that folder as torchvision's download root."""
     env = os.environ.get("VITLIB_DATA")
     if env:
         path = Path(env).expanduser()
         if not path.is_absolute() and not path.exists():  # relative to the project, not cwd
             path = _project_dir() / path
+        if not path.exists():  # a typo, not a folder to download into
+            raise FileNotFoundError(
+                f"VITLIB_DATA={env} names {path}, which does not exist; correct the variable, "
+                f"or unset it to use the project's data/ folder (or a download into it); "
+                f"{_ACCEPTED}"
+            )
         return path
     data_dir = _project_dir() / "data"
     found = _find_layout(data_dir)
