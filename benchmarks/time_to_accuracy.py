@@ -35,10 +35,10 @@ import torch
 
 from vitlib.__main__ import add_recipe_flags, apply_recipe_flags
 from vitlib.bench import write_json
-from vitlib.checkpoint import load_checkpoint
+from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from vitlib.data import load_cifar10, synthetic_cifar
 from vitlib.model import ViT, ViTConfig
-from vitlib.train import RECIPES, TrainConfig, evaluate, get_recipe, split_data, train
+from vitlib.train import RECIPES, History, TrainConfig, evaluate, get_recipe, split_data, train
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 SMOKE_TRAIN = {"epochs": 2, "batch_size": 64, "val_size": 64, "warmup_epochs": 1,
@@ -143,7 +143,14 @@ def run_seed(model_config: ViTConfig, config: TrainConfig, data, out: Path) -> d
     """One training run and its report: the validation curve, the variants, the choice."""
     torch.compiler.reset()  # compile afresh: earlier seeds' graphs guard on their own models
     config = dataclasses.replace(config, out_dir=str(out))
-    history = train(model_config, config, data)
+    try:
+        history = train(model_config, config, data)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM at a time limit: report what was saved
+        path = out / CHECKPOINT_NAME
+        saved = History.from_dict(load_checkpoint(path)["history"]) if path.is_file() else None
+        if saved is None or not saved.epochs:
+            raise
+        history = dataclasses.replace(saved, stop_reason="interrupted", checkpoint=str(path))
     last = history.epochs[-1]
     curve = [{"time_s": round(r["train_time_s"], 2), "epoch": r["epoch"], "step": r["step"],
               "train_loss": r["train_loss"], "val_acc": r["val_acc"]}
@@ -250,17 +257,25 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run['compile_s']:.1f} s; {name}")
                 if args.json:
                     write_json(args.json, result)
+                if run["stop_reason"] == "interrupted":
+                    break
             if record["runs"]:
                 n = len(record["runs"])
                 print(f"RESULT recipe {label}: test {record['test_acc_mean']:.2%} ± "
                       f"{record['test_acc_std']:.2%} (mean ± std over {n} seed"
                       f"{'s' * (n > 1)}); {name}")
+            if record["runs"] and record["runs"][-1]["stop_reason"] == "interrupted":
+                print("interrupted: the run above was scored from its last checkpoint; "
+                      "no further runs")
+                break
     if len(variants) > 1:
         print()
         print(comparison_table(result["variants"]))
     if args.json:
         write_json(args.json, result)
-    return 0
+    interrupted = any(run["stop_reason"] == "interrupted"
+                      for record in result["variants"] for run in record["runs"])
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import argparse
 import builtins
+import dataclasses
 import importlib.util
 import json
 import os
@@ -253,6 +254,30 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
     assert "RESULT recipe cifar_fast seed 1: test" in printed
     assert "RESULT recipe cifar_fast: test" in printed and "over 2 seeds" in printed
 
+
+def test_an_interrupted_run_is_scored_from_its_checkpoint(script, tmp_path, monkeypatch,
+                                                          capsys):
+    # gpu_check.sh stops a step at its cap with SIGTERM; the engine saves and raises
+    # KeyboardInterrupt: what was trained is still scored and written, and no run follows
+    real_train = script.train
+
+    def stopped_after_one_epoch(model_config, config, data):
+        real_train(model_config, dataclasses.replace(config, epochs=1), data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "train", stopped_after_one_epoch)
+    out = tmp_path / "tta.json"
+    try:
+        rc = script.main(["--smoke", "--seeds", "2", "--json", str(out),
+                          "--variant", "drop path=--drop-path 0.1"])
+    except KeyboardInterrupt:
+        pytest.fail("the interrupted run was not scored: the interruption went through")
+    assert rc == 130
+    [recipe] = json.loads(out.read_text())["variants"]  # the variant never started
+    [run] = recipe["runs"]  # nor did the second seed
+    assert run["seed"] == 0 and run["stop_reason"] == "interrupted" and run["epochs"] == 1
+    assert run["test_acc"] == run["final"][run["chosen"]]["test"]
+    assert "no further runs" in capsys.readouterr().out
 
 def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
     model, config = script.settings(script.build_parser().parse_args(
