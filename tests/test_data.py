@@ -188,6 +188,11 @@ def test_default_source(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLIB_DATA", "cifar10-jepg.tar.gz")  # a typo is never downloaded into
     with pytest.raises(FileNotFoundError, match="VITLIB_DATA=cifar10-jepg.tar.gz names .* does"):
         default_source(download=True)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("VITLIB_DATA", str(tmp_path / "runs"))  # a folder, but not CIFAR-10
+    with pytest.raises(ValueError, match="runs is not a CIFAR-10 folder"):
+        load_cifar10(download=True)
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing downloaded into it
     monkeypatch.delenv("VITLIB_DATA")
     write_batches(tmp_path / "data" / "cifar-10-batches-py")
     (tmp_path / "data" / "cache").mkdir()

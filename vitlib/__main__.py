@@ -23,7 +23,7 @@ import torch
 
 from .fast import ATTENTION_BACKENDS, COMPILE_MODES
 from .model import ATTN_INITS, POS_EMBEDS, PRESETS, ViTConfig, get_config
-from .train import PRECISIONS, RECIPES, TrainConfig
+from .train import PRECISIONS, RECIPES, TrainConfig, pick_device
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
@@ -208,24 +208,10 @@ def load_data(source: str | None, *, smoke: bool = False, quiet: bool = False):
         if smoke and source is None and os.environ.get("RANK", "0") == "0" and not quiet:
             print("smoke run on made-up images (pass --data to use CIFAR-10)")
         return synthetic_cifar(**SYNTHETIC)
-    # a download only when no source is named: a mistyped --data or $VITLIB_DATA is an error,
-    # not a folder to download into
-    download = source is None and not os.environ.get("VITLIB_DATA")
-    try:
-        return load_cifar10(source, download=download, progress=not quiet)
+    try:  # a mistyped --data or $VITLIB_DATA is an error, never a folder to download into
+        return load_cifar10(source, download=source is None, progress=not quiet)
     except RuntimeError as err:  # the download failed (offline)
         raise ValueError(str(err)) from err
-
-
-def _device(name: str | None) -> torch.device:
-    """The device ``--device`` names (auto: a CUDA GPU if there is one, else the CPU)."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use "
-                         "--device cpu (or auto)")
-    return device
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -233,7 +219,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import get_recipe, recipe, train
 
     model_config, config = get_recipe(args.recipe) if args.recipe else recipe(
-        _device(args.device))
+        pick_device(args.device or "auto"))
     if args.preset is not None:
         model_config = get_config(args.preset)
     if args.smoke:
@@ -305,7 +291,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .train import evaluate
 
     path = resolve_checkpoint(args.checkpoint)
-    model = load_model(path, map_location=_device(args.device))
+    model = load_model(path, map_location=pick_device(args.device or "auto"))
     test = load_data(args.data).test
     if args.max_samples is not None and args.max_samples < len(test):
         test = test.subset(args.max_samples)

@@ -183,9 +183,14 @@ def load_cifar10(
 
     The first load decodes and writes a cache under ``cache_dir`` (default ``$VITLIB_CACHE``
     or the project's ``data/cache/``); later loads of the unchanged source read the cache.
-    ``download=True`` fetches the original data with torchvision when no local copy is found.
+    ``download=True`` fetches the original data with torchvision when no local copy is found,
+    never into a folder that ``$VITLIB_DATA`` names.
     """
-    path = Path(source).expanduser() if source is not None else default_source(download)
+    if source is not None:
+        path = Path(source).expanduser()
+    else:
+        path = default_source(download)
+        download = download and not os.environ.get("VITLIB_DATA")  # it names data, not a root
     kind, path = _locate(path, download)
     cache_file = _cache_file(kind, path, cache_dir)
     if cache_file.is_file():

@@ -355,20 +355,23 @@ class _Process:
         return self.rank == 0
 
 
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device ``name`` means: "auto" is this process's GPU if PyTorch sees one, else the
+    CPU; "cuda" is this process's GPU (``local_rank``); anything else as PyTorch reads it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use 'cpu'")
+    return device
+
+
 def _start_process(config: TrainConfig) -> _Process:
     """Pick the device; under torchrun (WORLD_SIZE > 1) also join the process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if config.device == "auto":
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else "cpu"
-    elif config.device == "cuda":
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device(config.device)
-    device = torch.device(device)
+    device = pick_device(config.device, local_rank)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but PyTorch sees no CUDA GPU; use 'cpu'")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ValueError(
