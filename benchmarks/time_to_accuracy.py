@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"recipe": args.recipe, "device": name, "torch": torch.__version__,
               "data_s": data_s, "variants": []}
     last_run_s = 0.0  # wall seconds of the run before: the estimate for the next
+    interrupted = False  # a run stopped by a signal ends the script
     with tempfile.TemporaryDirectory() as scratch:
         for variant, flags, model_config, config in variants:
             record = {"name": variant, "flags": flags, "model": dataclasses.asdict(model_config),
@@ -257,14 +258,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run['compile_s']:.1f} s; {name}")
                 if args.json:
                     write_json(args.json, result)
-                if run["stop_reason"] == "interrupted":
+                interrupted = run["stop_reason"] == "interrupted"
+                if interrupted:
                     break
             if record["runs"]:
                 n = len(record["runs"])
                 print(f"RESULT recipe {label}: test {record['test_acc_mean']:.2%} ± "
                       f"{record['test_acc_std']:.2%} (mean ± std over {n} seed"
                       f"{'s' * (n > 1)}); {name}")
-            if record["runs"] and record["runs"][-1]["stop_reason"] == "interrupted":
+            if interrupted:
                 print("interrupted: the run above was scored from its last checkpoint; "
                       "no further runs")
                 break
@@ -273,8 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         print(comparison_table(result["variants"]))
     if args.json:
         write_json(args.json, result)
-    interrupted = any(run["stop_reason"] == "interrupted"
-                      for record in result["variants"] for run in record["runs"])
     return 130 if interrupted else 0
 
 
