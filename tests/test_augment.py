@@ -299,3 +299,15 @@ def test_normalize():
     assert torch.allclose(last, expected, atol=1e-5)
     assert math.isclose(normalize(images, (0.5,) * 3, (0.5,) * 3)[0, 0, 0, 0].item(),
                         images[0, 0, 0, 0].item() / 127.5 - 1, abs_tol=1e-6)
+
+
+def test_normalize_compiles_without_warnings(monkeypatch):
+    """Compiled, normalize builds its statistics in the graph: no cached call for torch.compile
+    to warn about (its warnings go through warn_once, recorded here)."""
+    said = []
+    monkeypatch.setattr(torch._dynamo.utils, "warn_once", lambda msg, *a, **k: said.append(msg))
+    torch._dynamo.reset()
+    images = uint8_batch(4)
+    compiled = torch.compile(normalize, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(images), normalize(images))
+    assert not [msg for msg in said if "lru_cache" in msg], said

@@ -409,7 +409,10 @@ def normalize(
     """(x - mean) / std per channel, as ``dtype``, for uint8 images (0..255) or floats in
     [0, 1]. Keeps the memory format (channels_last stays channels_last)."""
     scale = 255.0 if images.dtype == torch.uint8 else 1.0
-    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), scale, images.device)
+    # a compiled graph holds the statistics as constants: there the cache is bypassed (torch
+    # .compile would skip it anyway, with a warning)
+    stats = _channel_stats.__wrapped__ if torch.compiler.is_compiling() else _channel_stats
+    mean_t, std_t = stats(tuple(mean), tuple(std), scale, images.device)
     return ((images.float() - mean_t) / std_t).to(dtype)
 
 
