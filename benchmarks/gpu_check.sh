@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU run, everything in order of importance, each step held to the time left:
-#   1. throughput: typical, fast and trainer rows (the first load decodes and caches the data)
+#   1. throughput: typical, fast and trainer rows (the first load decodes and caches the data),
+#      and where the fast row's step time goes (--profile)
 #   2. time to accuracy, recipe cifar_fast (120 s of training)
 #   3. throughput: timm row
 #   4. time to accuracy, recipe cifar_fast_30 (30 s of training)
@@ -49,7 +50,7 @@ torchvision.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cp
 # keep at least 85 s for step 2
 cap=$(($(left) - 85)); [ "$cap" -lt 75 ] && cap=75
 run bench_fast 60 "$cap" $PY -m vitlib bench --rows typical,fast,trainer --json "$OUT/bench.json" \
-    --deadline 120 ${SMOKE[@]+"${SMOKE[@]}"}
+    --profile fast --deadline 120 ${SMOKE[@]+"${SMOKE[@]}"}
 rc=$?
 if ! timed_out $rc && ! $PY -c "import json, sys; rows = json.load(open('$OUT/bench.json'))['rows']
 sys.exit('fast' not in [r['name'] for r in rows])" 2>/dev/null; then

@@ -206,6 +206,43 @@ def test_table_ratios_and_utilisation():
     assert fast[6] == "100.00" and fast[7] == "20.0%"  # 1e5 img/s × 1 GFLOP = 100 TFLOP/s
 
 
+@pytest.mark.parametrize("name, kind", [
+    ("fmha_cutlassB_bf16_aligned_64x64_k32_sm80", "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+    ("triton_poi_fused__to_copy_addmm_gelu_3", "compiled (Triton)"),
+    ("nvjet_tst_128x64_64x8_1x1_v_bz_coopA_NNT", "matrix products"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x64x64", "matrix products"),
+    ("aten::addmm", "matrix products"),
+    ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>", "optimizer, "
+     "clipping, EMA"),
+    ("aten::_foreach_norm", "optimizer, clipping, EMA"),
+    ("Memcpy DtoD (Device -> Device)", "copies"),
+    ("aten::native_layer_norm", "other"),
+])
+def test_kernels_are_grouped_by_kind(name, kind):
+    assert bench.kernel_kind(name) == kind
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    assert bench.busy_time([(5, 6), (0, 2), (1, 3)]) == 4
+    assert bench.busy_time([(0, 10), (2, 3), (9, 12)]) == 12
+    assert bench.busy_time([]) == 0
+
+
+def test_profile_shows_where_a_steps_time_goes(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "fast", "--profile", "fast", "--json", str(out)]) == 0
+    profile = json.loads(out.read_text())["rows"][0]["profile"]
+    assert profile["steps"] == 2 and profile["step_ms"] > 0 and profile["kernels"] > 10
+    assert profile["busy_ms"] is None  # on a CPU
+    assert profile["kinds"]["matrix products"] > 0 and profile["kinds"]["attention"] > 0
+    assert sum(profile["kinds"].values()) >= sum(t["ms"] for t in profile["top"]) * 0.999
+    printed = capsys.readouterr().out
+    assert "profile of fast, 2 steps" in printed and "matrix products" in printed
+    with pytest.raises(SystemExit, match="trainer"):
+        bench.main(["--smoke", "--rows", "fast", "--profile", "trainer"])
+
+
 def test_attention_timings_check_every_kernel_against_float64():
     results = bench.time_attention(2, 2, 16, 8, torch.device("cpu"), repeats=1)
     assert set(results) == {"flash", "efficient", "cudnn", "math"}

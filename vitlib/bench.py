@@ -3,6 +3,7 @@ pipeline and vitlib's fast step, all training the same ViT shape.
 
     python -m vitlib bench                  # every row on this machine's GPU, then the table
     python -m vitlib bench --smoke          # a few seconds on a CPU: tiny model, made-up data
+    python -m vitlib bench --rows fast --profile fast   # and where its step's time goes
 
 Rows (images per second = optimizer steps per second × batch size, data path included):
 
@@ -62,6 +63,7 @@ class Row:
     spread: float  # (slowest − fastest window) / median, a measure of noise
     warmup_s: float  # seconds of the warm-up steps, compilation included
     attention: str | None = None  # the attention kernel forced in this row, if any
+    profile: dict | None = None  # where a step's time goes (profile_steps), if asked for
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -93,10 +95,11 @@ def time_steps(
 
 
 def _row(name: str, description: str, batch_size: int, warmup_s: float, windows: list[float],
-         attention: str | None = None) -> Row:
+         profile: dict | None = None, attention: str | None = None) -> Row:
     per_step = statistics.median(windows)
     spread = (max(windows) - min(windows)) / per_step
-    return Row(name, description, batch_size, batch_size / per_step, spread, warmup_s, attention)
+    return Row(name, description, batch_size, batch_size / per_step, spread, warmup_s, attention,
+               profile)
 
 
 def _event_time(work: Callable[[], object], repeats: int = 10) -> float:
@@ -170,6 +173,90 @@ def pick_attention(results: dict[str, dict[str, float] | None], tolerance: float
     if not good:
         raise RuntimeError(f"no attention kernel gave correct results: {results}")
     return min(good, key=good.get)
+
+
+# --- where a step's time goes -------------------------------------------------------------------
+
+# kinds of kernel (CUDA) or operator (CPU), by the first of their name's parts found in it;
+# "mm" last: inductor names fused kernels after the operators they follow (..._addmm_gelu), and
+# "FusedAdamMathFunctor" holds an "mm" too
+KERNEL_KINDS = (
+    ("attention", ("fmha", "flash", "attention", "sdpa")),
+    ("compiled (Triton)", ("triton",)),
+    ("optimizer, clipping, EMA", ("adam", "multi_tensor", "foreach")),
+    ("matrix products", ("gemm", "nvjet", "xmma", "cutlass", "mm")),
+    ("copies", ("memcpy", "memset", "copy")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of a kernel or operator by its name (KERNEL_KINDS), else 'other'."""
+    name = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(p in name for p in parts)), "other")
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the time a device ran anything."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
+def profile_steps(step: Callable[[], object], device: torch.device, steps: int) -> dict:
+    """Profile ``steps`` more steps of a warmed-up pipeline: ms per step under the profiler, the
+    device's busy ms per step (CUDA), and the kernels' (on a CPU: the operators' own) ms per
+    step by kind and by name. Tracing slows the Python side, not the kernels: compare the busy
+    time with the step time measured without the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall_s = time.perf_counter() - started
+    wanted = torch.autograd.DeviceType.CUDA if on_cuda else torch.autograd.DeviceType.CPU
+    events = [e for e in prof.events() if e.device_type == wanted]
+    per_name: dict[str, list[float]] = {}
+    for e in events:
+        us = e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total
+        per_name.setdefault(e.name, []).append(us)
+    ms = lambda us: us / 1e3 / steps
+    kinds: dict[str, float] = {}
+    for name, times in per_name.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms(sum(times))
+    top = sorted(per_name.items(), key=lambda item: -sum(item[1]))[:12]
+    busy = busy_time([(e.time_range.start, e.time_range.end) for e in events])
+    return {
+        "steps": steps,
+        "wall_ms": wall_s * 1e3 / steps,
+        "busy_ms": ms(busy) if on_cuda else None,  # a CPU is never idle in this sense
+        "kernels": len(events) / steps,
+        "kinds": dict(sorted(kinds.items(), key=lambda item: -item[1])),
+        "top": [{"name": name, "calls": len(times) / steps, "ms": ms(sum(times))}
+                for name, times in top],
+    }
+
+
+def format_profile(name: str, p: dict) -> str:
+    """A profile_steps result as text: the totals, then kinds and top kernels in ms per step."""
+    unit = "kernels" if p["busy_ms"] is not None else "operators"
+    step_ms = p.get("step_ms", p["wall_ms"])  # unprofiled where the row measured it
+    lines = [f"profile of {name}, {p['steps']} steps: {step_ms:.2f} ms per step "
+             f"({p['wall_ms']:.2f} profiled), {p['kernels']:.0f} {unit} per step"]
+    if p["busy_ms"] is not None:
+        idle = max(step_ms - p["busy_ms"], 0.0)
+        lines[0] += (f", device busy {p['busy_ms']:.2f} ms, idle {idle:.2f} ms "
+                     f"({idle / step_ms:.0%})")
+    lines += [f"  {kind:<26} {ms:8.3f} ms" for kind, ms in p["kinds"].items()]
+    lines += [f"  {t['ms']:8.3f} ms {t['calls']:6.1f}×  {t['name'][:90]}" for t in p["top"]]
+    return "\n".join(lines)
 
 
 # --- the pipelines ------------------------------------------------------------------------------
@@ -336,7 +423,14 @@ def measure_row(
     """Build one row's pipeline and time it."""
     torch.manual_seed(0)
     plain_mode = "default" if use_compile else None
-    measure = lambda step: time_steps(step, device, args.warmup, args.steps, args.repeats)
+
+    def measure(step: Callable[[], object]) -> tuple[float, list[float], dict | None]:
+        warmup_s, windows = time_steps(step, device, args.warmup, args.steps, args.repeats)
+        if row not in _profile_rows(args):
+            return warmup_s, windows, None
+        profiled = profile_steps(step, device, args.profile_steps)
+        return warmup_s, windows, profiled | {"step_ms": statistics.median(windows) * 1e3}
+
     if row == "typical":
         model = ViT(config).to(device)
         step = typical_step(model, train, args.typical_batch, args.workers, device)
@@ -398,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile in the timm, compiled and fast rows (default: on CUDA)")
     p.add_argument("--ceilings", action=argparse.BooleanOptionalAction, default=None,
                    help="measure matrix-product rate and bandwidth first (default: on CUDA)")
+    p.add_argument("--profile", default="", help="comma-separated rows (not trainer) whose "
+                   "steps to profile after timing them: ms per step by kind of kernel, the "
+                   "device's idle time, the top kernels (torch.profiler)")
+    p.add_argument("--profile-steps", type=int, default=10, help="steps each profile covers")
     p.add_argument("--deadline", type=float, help="skip rows that would start after this "
                    "many seconds (keeps a time-limited run from losing the table)")
     p.add_argument("--json", help="write the results here; rows already in the file are kept "
@@ -412,9 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
-    unknown = sorted(set(rows_wanted) - set(ROWS))
+    unknown = sorted((set(rows_wanted) | _profile_rows(args)) - set(ROWS))
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if "trainer" in _profile_rows(args):
+        raise SystemExit("--profile cannot profile the trainer row (it has no step of its own: "
+                         "profile the fast row, whose step the trainer runs)")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     on_cuda = device.type == "cuda"
@@ -423,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     config = get_config(args.preset, **overrides)
     if args.smoke:
         args.steps, args.repeats, args.warmup, args.workers = 2, 1, 1, 0
+        args.profile_steps = min(args.profile_steps, 2)
         args.typical_batch = args.timm_batch = args.batch_size = 16
 
     name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
@@ -489,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         rows[row] = result
         print(f"{row}: {result.images_per_s:,.0f} images/s (batch {result.batch_size}, "
               f"warm-up {result.warmup_s:.1f} s)", flush=True)
+        if result.profile:
+            print(format_profile(row, result.profile), flush=True)
         report["rows"] = [asdict(r) for r in rows.values()]
         save()
 
@@ -508,6 +612,10 @@ def write_json(path: str | Path, report: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def _profile_rows(args: argparse.Namespace) -> set[str]:
+    return {r.strip() for r in args.profile.split(",") if r.strip()}
 
 
 def _timm_version() -> str | None:
