@@ -10,6 +10,7 @@ from vitlib import (
     mimetic_init_,
     scaled_dot_product_attention,
 )
+from vitlib.attention import use_flex_attention
 
 
 def test_matches_pytorch_sdpa():
@@ -133,3 +134,36 @@ def test_mimetic_init_makes_tokens_attend_to_themselves():
 def test_unknown_attention_init_is_refused():
     with pytest.raises(ValueError, match="attn_init must be 'random' or 'mimetic'"):
         ViTConfig(attn_init="identity")
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_attention_gives_the_numbers_of_sdpa():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                          num_classes=3)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # FlexAttention has no backward pass on a CPU
+        expected = model(images)
+        with use_flex_attention():
+            flexed = model(images)
+    torch.testing.assert_close(flexed, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_compiled_model_follows_the_attention_kernel_switch(monkeypatch):
+    """The switch is read while tracing: a compiled forward is traced again when it flips."""
+    import torch.nn.attention.flex_attention as module
+
+    calls = []
+    flex = module.flex_attention
+    monkeypatch.setattr(module, "flex_attention", lambda *a: calls.append(1) or flex(*a))
+    torch._dynamo.reset()
+    attn = MultiHeadSelfAttention(16, 2).eval()
+    compiled = torch.compile(attn, backend="eager")
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        plain = compiled(x)[0]
+        assert not calls
+        with use_flex_attention():
+            flexed = compiled(x)[0]
+        assert calls
+    torch.testing.assert_close(flexed, plain, atol=1e-5, rtol=1e-5)

@@ -115,16 +115,21 @@ def test_a_timm_that_cannot_be_imported_skips_the_timm_row(error, monkeypatch, c
     assert "typical: " in printed and "timm: failed" not in printed
 
 
-def _gpu_check(tmp_path: Path, bench_rc: int = 0) -> tuple[list[str], str]:
-    """Run benchmarks/gpu_check.sh with a stand-in for Python that records its calls and exits
-    with ``bench_rc`` for the first bench; returns (the calls, the script's output)."""
+def _gpu_check(tmp_path: Path, bench_rc: int = 0,
+               bench_json: dict | None = None) -> tuple[list[str], str]:
+    """Run benchmarks/gpu_check.sh with a stand-in for Python that records its calls; the
+    first bench writes ``bench_json`` (if any) and exits with ``bench_rc``. Returns (the
+    calls, the script's output)."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
+    written = tmp_path / "bench_written.json"
+    written.write_text(json.dumps(bench_json or {}))
+    write = f"cp {written} $OUT/bench.json;" if bench_json else ""
     stub.write_text(f"""#!/usr/bin/env bash
 echo "$*" >> {calls}
 case "$*" in
     -c*json*) exec {sys.executable} "$@" ;;
-    *typical,fast,trainer*) exit {bench_rc} ;;
+    *typical,fast,trainer*) {write} exit {bench_rc} ;;
 esac
 """)
     stub.chmod(0o755)
@@ -145,8 +150,22 @@ def test_gpu_check_ignores_the_files_of_an_earlier_run(tmp_path):
     (out / "steps.log").write_text("RESULT recipe cifar_fast seed 0: test 99.00% (old)\n")
     calls, printed = _gpu_check(tmp_path)
     assert any("--rows fast,trainer" in call for call in calls)  # the fast row again
-    assert not any("--attention" in call for call in calls)
+    assert not any("--attention" in call for call in calls if "time_to_accuracy" in call)
     assert "(old)" not in printed
+
+
+@pytest.mark.parametrize("fast_row, flag", [
+    ({"name": "fast", "attention": "efficient"}, "--attention efficient"),
+    ({"name": "fast", "attention": None}, None),  # PyTorch's choice: no flag
+    ({"name": "typical", "attention": None}, None),  # no fast row: no flag
+])
+def test_gpu_check_trains_with_the_kernel_the_fast_row_ran_with(tmp_path, fast_row, flag):
+    # not the bench's first choice: the fast row may have failed with it
+    calls, _ = _gpu_check(tmp_path, bench_json={"rows": [fast_row],
+                                                 "attention": {"choice": "flex"}})
+    runs = [call for call in calls if "time_to_accuracy" in call]
+    assert runs and not any("flex" in call for call in runs)
+    assert all((flag in call) if flag else ("--attention" not in call) for call in runs)
 
 
 def test_gpu_check_treats_a_step_killed_after_its_cap_as_timed_out(tmp_path):
@@ -245,7 +264,8 @@ def test_profile_shows_where_a_steps_time_goes(tmp_path, capsys):
 
 def test_attention_timings_check_every_kernel_against_float64():
     results = bench.time_attention(2, 2, 16, 8, torch.device("cpu"), repeats=1)
-    assert set(results) == {"flash", "efficient", "cudnn", "math"}
+    assert set(results) == {"flash", "efficient", "cudnn", "math", "flex"}
+    assert results["flex"] is None  # FlexAttention has no backward pass on a CPU
     assert results["math"] is not None and results["math"]["error"] < 1e-5
     assert bench.pick_attention(results) in ("flash", "math")
     broken = {"flash": {"ms": 1.0, "error": 0.5}, "math": {"ms": 2.0, "error": 1e-3}}

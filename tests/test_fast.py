@@ -110,6 +110,8 @@ def test_bad_options_name_the_choices():
         TrainStep(model, optimizer, 10, attention="fastest")
     with pytest.raises(ValueError, match="default, reduce-overhead, max-autotune"):
         TrainStep(model, optimizer, 10, compile_mode="fastest")
+    with pytest.raises(ValueError, match="flex.*CUDA only"):  # no FlexAttention backward here
+        TrainStep(model, optimizer, 10, attention="flex")
     with pytest.raises(ValueError, match="flash"), attention_backend("triton"):
         pass
 

@@ -7,11 +7,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_flex: Callable[..., Tensor] | None = None  # FlexAttention inside use_flex_attention()
 
 
 def scaled_dot_product_attention(
@@ -38,12 +42,37 @@ def scaled_dot_product_attention(
     return attn @ v, attn
 
 
+@contextlib.contextmanager
+def use_flex_attention() -> Iterator[None]:
+    """Inside, ``MultiHeadSelfAttention`` computes unmasked attention without dropout with
+    PyTorch's FlexAttention instead of ``F.scaled_dot_product_attention``: the same numbers
+    from a kernel that ``torch.compile`` generates for the shapes at hand (CUDA; on a CPU it
+    has no backward pass). A compiled function is traced again when the switch changes."""
+    from torch.nn.attention.flex_attention import flex_attention  # slow: only when used
+
+    global _flex
+    before, _flex = _flex, flex_attention
+    try:
+        yield
+    finally:
+        _flex = before
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                    dropout: float = 0.0) -> Tensor:
+    """softmax(QKᵀ/√d)V for q, k, v (B, H, N, d) by a fused kernel that keeps no attention
+    matrix: FlexAttention inside ``use_flex_attention()``, else PyTorch's SDPA."""
+    if _flex is not None and mask is None and dropout == 0.0:
+        return _flex(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention over a sequence of tokens (B, N, dim) -> (B, N, dim).
 
     One fused Linear makes Q, K and V for all heads; ``need_weights=True`` takes the explicit
     path above and also returns the attention weights (B, heads, N, N) for visualisation,
-    otherwise the fused ``F.scaled_dot_product_attention`` kernel runs and no weights are kept.
+    otherwise a fused kernel runs (``fused_attention``) and no weights are kept.
     """
 
     def __init__(
@@ -80,8 +109,7 @@ class MultiHeadSelfAttention(nn.Module):
             out, attn = scaled_dot_product_attention(q, k, v, mask)
             out = F.dropout(attn, dropout) @ v if dropout else out  # (B, H, N, D)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-            attn = None
+            out, attn = fused_attention(q, k, v, mask, dropout), None
         out = out.transpose(1, 2).reshape(B, N, C)  # heads side by side again
         return self.proj_drop(self.proj(out)), attn
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .attention import fused_attention
 from .augment import Augment, AugmentConfig
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
 from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend
@@ -132,34 +133,39 @@ def measure_ceilings(device: torch.device) -> dict[str, float]:
 def time_attention(
     batch: int, heads: int, tokens: int, head_dim: int, device: torch.device, repeats: int = 10
 ) -> dict[str, dict[str, float] | None]:
-    """Forward + backward of ``F.scaled_dot_product_attention`` in bf16 (CUDA) or fp32 (CPU)
-    with each kernel: {name: {"ms": time, "error": relative error of output and gradients
-    against float64 math on a few samples}}, or None where the kernel cannot run this shape."""
+    """Forward + backward of the model's fused attention in bf16 (CUDA) or fp32 (CPU) with
+    each kernel of ``ATTENTION_BACKENDS`` (FlexAttention compiled, as in a compiled step):
+    {name: {"ms": time, "error": relative error of output and gradients on the first samples
+    against float64 math}}, or None where the kernel cannot run here (the reason printed)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q, k, v, grad = (torch.randn(batch, heads, tokens, head_dim, device=device, dtype=dtype)
                      for _ in range(4))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
 
-    def run(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> list[Tensor]:
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    def run(attend: Callable[..., Tensor], q: Tensor, k: Tensor, v: Tensor,
+            grad: Tensor) -> list[Tensor]:
+        out = attend(q, k, v)
         return [out, *torch.autograd.grad(out, (q, k, v), grad)]
 
     few = [t[:4].detach().double().requires_grad_(t.requires_grad) for t in (q, k, v, grad)]
-    reference = run(*few)
+    reference = run(fused_attention, *few)
     results: dict[str, dict[str, float] | None] = {}
     for name in ATTENTION_BACKENDS:
+        attend = torch.compile(fused_attention, dynamic=False) if name == "flex" else \
+            fused_attention
         try:
             with attention_backend(name):
-                check = run(*(t[:4] for t in (q, k, v, grad)))
-                error = max(((c.double() - r).norm() / r.norm()).item()
+                check = run(attend, q, k, v, grad)  # samples are independent: check the first
+                error = max(((c[:4].double() - r).norm() / r.norm()).item()
                             for c, r in zip(check, reference, strict=True))
-                run(q, k, v, grad)
                 _sync(device)
                 started = time.perf_counter()
                 for _ in range(repeats):
-                    run(q, k, v, grad)
+                    run(attend, q, k, v, grad)
                 _sync(device)
-        except RuntimeError:  # no kernel of this kind for this shape, dtype or device
+        except Exception as failure:  # no such kernel for this shape, dtype or device
+            reason = str(failure).strip().splitlines()[0][:120] if str(failure).strip() else ""
+            print(f"attention {name}: not available here ({type(failure).__name__}: {reason})")
             results[name] = None
             continue
         results[name] = {"ms": (time.perf_counter() - started) / repeats * 1e3, "error": error}
