@@ -25,8 +25,9 @@ def shrink() -> None:
     """Make ``vit_cifar_tiny`` and the recipes built on it micro, and the recipes eager."""
     full = model.PRESETS["vit_cifar_tiny"]
     model.PRESETS["vit_cifar_tiny"] = lambda: replace(full(), **MICRO)
+    shape = lambda c: (c.embed_dim, c.depth, c.num_heads, c.mlp_ratio, c.patch_size)
     for name, (config, settings) in train.RECIPES.items():
-        if config == full():
+        if shape(config) == shape(full()):  # its start and positions may differ
             train.RECIPES[name] = (replace(config, **MICRO), replace(settings, compile=False))
 
 

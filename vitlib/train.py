@@ -1022,8 +1022,12 @@ RECIPES: dict[str, tuple[ViTConfig, TrainConfig]] = {
         augment=_GPU_AUGMENT, fast_step=True, compile=True, compile_mode="reduce-overhead",
         time_budget_s=120, eval_every=20, out_dir="runs/cifar_fast",
     )),
-    # the same in 30 s: fewer epochs, so lighter regularisation (no mixing) and a shorter EMA
-    "cifar_fast_30": (get_config("vit_cifar_tiny"), TrainConfig(
+    # the same in 30 s: fewer epochs, so lighter regularisation (no mixing) and a shorter EMA,
+    # and attention that starts local (mimetic start, sin-cos positions): on one H100
+    # (2026-11-28, torch 2.11, seed 0) 80.1 % test, 80.1 % validation, against 78.0 / 79.0 %
+    # test and 78.2 / 78.4 % validation in two runs of the random start with learned positions
+    "cifar_fast_30": (get_config("vit_cifar_tiny", attn_init="mimetic", pos_embed="sincos"),
+                      TrainConfig(
         epochs=1000, batch_size=1024, lr=2e-3, weight_decay=0.05, warmup_epochs=3,
         min_lr_ratio=0.01, label_smoothing=0.1, grad_clip=1.0, ema_decay=0.998,
         augment=AugmentConfig(num_ops=1), fast_step=True, compile=True,
