@@ -136,34 +136,59 @@ def test_unknown_attention_init_is_refused():
         ViTConfig(attn_init="identity")
 
 
+@pytest.fixture
+def flex_calls(monkeypatch):
+    """Calls of FlexAttention, counted (dynamo traces the counting wrapper into its graph)."""
+    import torch.nn.attention.flex_attention as module
+
+    calls, flex = [], module.flex_attention
+    monkeypatch.setattr(module, "flex_attention", lambda *a: calls.append(1) or flex(*a))
+    torch._dynamo.reset()
+    yield calls
+    torch._dynamo.reset()
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-def test_flex_attention_gives_the_numbers_of_sdpa():
+def test_flex_attention_gives_the_numbers_of_sdpa(flex_calls):
     torch.manual_seed(0)
     model = ViT(ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                           num_classes=3)).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():  # FlexAttention has no backward pass on a CPU
         expected = model(images)
+        assert not flex_calls
         with use_flex_attention():
             flexed = model(images)
+        assert len(flex_calls) == 2  # one per block
     torch.testing.assert_close(flexed, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_compiled_model_follows_the_attention_kernel_switch(monkeypatch):
-    """The switch is read while tracing: a compiled forward is traced again when it flips."""
-    import torch.nn.attention.flex_attention as module
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_an_sdpa_kernel_inside_the_flex_switch_wins(flex_calls):
+    from vitlib.fast import attention_backend
 
-    calls = []
-    flex = module.flex_attention
-    monkeypatch.setattr(module, "flex_attention", lambda *a: calls.append(1) or flex(*a))
-    torch._dynamo.reset()
+    attn = MultiHeadSelfAttention(16, 2).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad(), attention_backend("flex"):
+        with attention_backend("math"):
+            attn(x)
+        assert not flex_calls
+        attn(x)
+        assert flex_calls
+
+
+def test_a_compiled_model_follows_the_attention_kernel_switch(flex_calls):
+    """The switch is read while tracing: a compiled forward is traced again when it flips."""
     attn = MultiHeadSelfAttention(16, 2).eval()
     compiled = torch.compile(attn, backend="eager")
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         plain = compiled(x)[0]
-        assert not calls
+        assert not flex_calls
         with use_flex_attention():
             flexed = compiled(x)[0]
-        assert calls
+        assert flex_calls
+        traced = len(flex_calls)
+        torch.testing.assert_close(compiled(x)[0], plain)
+        assert len(flex_calls) == traced  # off again: the first graph, no FlexAttention
     torch.testing.assert_close(flexed, plain, atol=1e-5, rtol=1e-5)

@@ -149,7 +149,8 @@ def test_gpu_check_ignores_the_files_of_an_earlier_run(tmp_path):
         {"rows": [{"name": "fast"}], "attention": {"choice": "cudnn"}}))
     (out / "steps.log").write_text("RESULT recipe cifar_fast seed 0: test 99.00% (old)\n")
     calls, printed = _gpu_check(tmp_path)
-    assert any("--rows fast,trainer" in call for call in calls)  # the fast row again
+    again = [call for call in calls if "--rows fast,trainer" in call]  # the fast row again,
+    assert again and "--attention default" in again[0]  # with PyTorch's kernel
     assert not any("--attention" in call for call in calls if "time_to_accuracy" in call)
     assert "(old)" not in printed
 
@@ -260,6 +261,53 @@ def test_profile_shows_where_a_steps_time_goes(tmp_path, capsys):
     assert "profile of fast, 2 steps" in printed and "matrix products" in printed
     with pytest.raises(SystemExit, match="trainer"):
         bench.main(["--smoke", "--rows", "fast", "--profile", "trainer"])
+    with pytest.raises(SystemExit, match="add them to --rows"):
+        bench.main(["--smoke", "--rows", "typical", "--profile", "fast"])
+    timings = json.loads(out.read_text())["attention"]["timings"]
+    assert "flex" not in timings  # uncompiled steps are not offered FlexAttention
+
+
+def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkeypatch):
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def event(name, start, end, marked=False, device=DeviceType.CUDA):
+        return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end,
+                             device_type=device, is_user_annotation=marked)
+
+    events = [  # µs on the device's timeline, one step
+        event("sm90_xmma_gemm_bf16bf16", 0, 100),
+        event("triton_poi_fused_gelu_0", 150, 200),  # after 50 µs idle
+        event("## Call CompiledFxGraph fabc ##", 0, 200, marked=True),
+        event("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 300, 340),
+        event("Optimizer.step#AdamW.step", 290, 360, marked=True),
+        event("Context Sync", 340, 400),
+        event("aten::mm", 0, 400, device=DeviceType.CPU),
+    ]
+
+    class Profile:
+        def __init__(self, **options):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+
+    monkeypatch.setattr(torch.profiler, "profile", Profile)
+    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    p = bench.profile_steps(lambda: None, torch.device("cuda"), steps=1)
+    assert p["busy_ms"] == pytest.approx(0.19)  # 100 + 50 + 40 µs
+    assert p["kernels"] == 3
+    assert p["kinds"] == pytest.approx({"matrix products": 0.1, "compiled (Triton)": 0.05,
+                                        "optimizer, clipping, EMA": 0.04})
+    assert [t["name"][:12] for t in p["top"]] == ["sm90_xmma_ge", "triton_poi_f", "void at::nat"]
+    shown = bench.format_profile("fast", p | {"step_ms": 0.4})
+    assert "device busy 0.19 ms, idle 0.21 ms (52%)" in shown
 
 
 def test_attention_timings_check_every_kernel_against_float64():

@@ -112,6 +112,12 @@ def test_bad_options_name_the_choices():
         TrainStep(model, optimizer, 10, compile_mode="fastest")
     with pytest.raises(ValueError, match="flex.*CUDA only"):  # no FlexAttention backward here
         TrainStep(model, optimizer, 10, attention="flex")
+    with pytest.raises(ValueError, match="flex.*needs a compile_mode"):
+        TrainStep(model, optimizer, 10, attention="flex", compile_mode=None)
+    dropping = vitlib.ViT(vitlib.ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=1,
+                                           num_heads=2, num_classes=10, attn_dropout=0.1))
+    with pytest.raises(ValueError, match="flex.*without dropout"):
+        TrainStep(dropping, optimizer, 10, attention="flex")
     with pytest.raises(ValueError, match="flash"), attention_backend("triton"):
         pass
 

@@ -43,15 +43,17 @@ def scaled_dot_product_attention(
 
 
 @contextlib.contextmanager
-def use_flex_attention() -> Iterator[None]:
+def use_flex_attention(enabled: bool = True) -> Iterator[None]:
     """Inside, ``MultiHeadSelfAttention`` computes unmasked attention without dropout with
-    PyTorch's FlexAttention instead of ``F.scaled_dot_product_attention``: the same numbers
-    from a kernel that ``torch.compile`` generates for the shapes at hand (CUDA; on a CPU it
-    has no backward pass). A compiled function is traced again when the switch changes."""
-    from torch.nn.attention.flex_attention import flex_attention  # slow: only when used
-
+    PyTorch's FlexAttention instead of ``F.scaled_dot_product_attention`` (``enabled=False``:
+    never, also inside an outer ``use_flex_attention()``): the same numbers from a kernel that
+    ``torch.compile`` generates for the shapes at hand (CUDA; on a CPU it has no backward
+    pass). The switch holds for the whole process, like ``sdpa_kernel``; a compiled function
+    is traced again when it changes."""
     global _flex
-    before, _flex = _flex, flex_attention
+    if enabled:
+        from torch.nn.attention.flex_attention import flex_attention  # slow: only when used
+    before, _flex = _flex, flex_attention if enabled else None
     try:
         yield
     finally:

@@ -36,6 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -99,8 +100,8 @@ def _row(name: str, description: str, batch_size: int, warmup_s: float, windows:
          profile: dict | None = None, attention: str | None = None) -> Row:
     per_step = statistics.median(windows)
     spread = (max(windows) - min(windows)) / per_step
-    return Row(name, description, batch_size, batch_size / per_step, spread, warmup_s, attention,
-               profile)
+    return Row(name, description, batch_size, batch_size / per_step, spread, warmup_s,
+               attention=attention, profile=profile)
 
 
 def _event_time(work: Callable[[], object], repeats: int = 10) -> float:
@@ -131,12 +132,14 @@ def measure_ceilings(device: torch.device) -> dict[str, float]:
 
 
 def time_attention(
-    batch: int, heads: int, tokens: int, head_dim: int, device: torch.device, repeats: int = 10
+    batch: int, heads: int, tokens: int, head_dim: int, device: torch.device, repeats: int = 10,
+    kernels: tuple[str, ...] = ATTENTION_BACKENDS,
 ) -> dict[str, dict[str, float] | None]:
     """Forward + backward of the model's fused attention in bf16 (CUDA) or fp32 (CPU) with
-    each kernel of ``ATTENTION_BACKENDS`` (FlexAttention compiled, as in a compiled step):
-    {name: {"ms": time, "error": relative error of output and gradients on the first samples
-    against float64 math}}, or None where the kernel cannot run here (the reason printed)."""
+    each of ``kernels`` (FlexAttention compiled, as in a compiled step): {name: {"ms": device
+    time per call (CUDA; wall time on a CPU), "error": relative error of output and gradients
+    on the first samples against float64 math}}, or None where the kernel cannot run here
+    (the reason printed)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     q, k, v, grad = (torch.randn(batch, heads, tokens, head_dim, device=device, dtype=dtype)
                      for _ in range(4))
@@ -150,25 +153,27 @@ def time_attention(
     few = [t[:4].detach().double().requires_grad_(t.requires_grad) for t in (q, k, v, grad)]
     reference = run(fused_attention, *few)
     results: dict[str, dict[str, float] | None] = {}
-    for name in ATTENTION_BACKENDS:
-        attend = torch.compile(fused_attention, dynamic=False) if name == "flex" else \
-            fused_attention
+    for name in kernels:
         try:
             with attention_backend(name):
+                attend = torch.compile(fused_attention, dynamic=False) if name == "flex" else \
+                    fused_attention
                 check = run(attend, q, k, v, grad)  # samples are independent: check the first
                 error = max(((c[:4].double() - r).norm() / r.norm()).item()
                             for c, r in zip(check, reference, strict=True))
-                _sync(device)
-                started = time.perf_counter()
-                for _ in range(repeats):
-                    run(attend, q, k, v, grad)
-                _sync(device)
+                # the kernels' time: a compiled call's Python overhead does not reach the step
+                timed = profile_steps(partial(run, attend, q, k, v, grad), device, repeats)
         except Exception as failure:  # no such kernel for this shape, dtype or device
-            reason = str(failure).strip().splitlines()[0][:120] if str(failure).strip() else ""
-            print(f"attention {name}: not available here ({type(failure).__name__}: {reason})")
+            inner = getattr(failure, "inner_exception", None) or failure  # a compiler's cause
+            lines = str(inner).strip().splitlines() or [""]
+            print(f"attention {name}: not available here ({type(inner).__name__}: "
+                  f"{lines[0][:160]})")
+            if name == "flex":  # the generated kernel's failure is worth its traceback
+                traceback.print_exception(failure)
             results[name] = None
             continue
-        results[name] = {"ms": (time.perf_counter() - started) / repeats * 1e3, "error": error}
+        ms = timed["busy_ms"] if timed["busy_ms"] is not None else timed["wall_ms"]
+        results[name] = {"ms": ms, "error": error}
     return results
 
 
@@ -214,8 +219,8 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
 def profile_steps(step: Callable[[], object], device: torch.device, steps: int) -> dict:
     """Profile ``steps`` more steps of a warmed-up pipeline: ms per step under the profiler, the
     device's busy ms per step (CUDA), and the kernels' (on a CPU: the operators' own) ms per
-    step by kind and by name. Tracing slows the Python side, not the kernels: compare the busy
-    time with the step time measured without the profiler."""
+    step by kind and by name. Tracing slows the Python side more than the kernels: compare
+    the busy time with the step time measured without the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     on_cuda = device.type == "cuda"
@@ -228,7 +233,10 @@ def profile_steps(step: Callable[[], object], device: torch.device, steps: int) 
         _sync(device)
         wall_s = time.perf_counter() - started
     wanted = torch.autograd.DeviceType.CUDA if on_cuda else torch.autograd.DeviceType.CPU
-    events = [e for e in prof.events() if e.device_type == wanted]
+    # kernels, copies and fills; not the spans of code that are marked on the device's
+    # timeline too (the compiled graphs' "## Call CompiledFxGraph ##", "Optimizer.step")
+    events = [e for e in prof.events() if e.device_type == wanted and not e.is_user_annotation
+              and e.name != "Context Sync"]
     per_name: dict[str, list[float]] = {}
     for e in events:
         us = e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total
@@ -236,9 +244,10 @@ def profile_steps(step: Callable[[], object], device: torch.device, steps: int) 
     ms = lambda us: us / 1e3 / steps
     kinds: dict[str, float] = {}
     for name, times in per_name.items():
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms(sum(times))
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms(sum(times))
     top = sorted(per_name.items(), key=lambda item: -sum(item[1]))[:12]
-    busy = busy_time([(e.time_range.start, e.time_range.end) for e in events])
+    busy = busy_time([(e.time_range.start, e.time_range.end) for e in events]) if on_cuda else None
     return {
         "steps": steps,
         "wall_ms": wall_s * 1e3 / steps,
@@ -257,7 +266,7 @@ def format_profile(name: str, p: dict) -> str:
     lines = [f"profile of {name}, {p['steps']} steps: {step_ms:.2f} ms per step "
              f"({p['wall_ms']:.2f} profiled), {p['kernels']:.0f} {unit} per step"]
     if p["busy_ms"] is not None:
-        idle = max(step_ms - p["busy_ms"], 0.0)
+        idle = step_ms - p["busy_ms"]  # below 0: the profiler slowed the kernels
         lines[0] += (f", device busy {p['busy_ms']:.2f} ms, idle {idle:.2f} ms "
                      f"({idle / step_ms:.0%})")
     lines += [f"  {kind:<26} {ms:8.3f} ms" for kind, ms in p["kinds"].items()]
@@ -522,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     if "trainer" in _profile_rows(args):
         raise SystemExit("--profile cannot profile the trainer row (it has no step of its own: "
                          "profile the fast row, whose step the trainer runs)")
+    if _profile_rows(args) - set(rows_wanted):
+        raise SystemExit(f"--profile {args.profile} names rows that --rows {args.rows} does not "
+                         "run; add them to --rows")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if args.device == "auto" else args.device)
     on_cuda = device.type == "cuda"
@@ -568,7 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     attention = None if args.attention == "default" else args.attention
     if {"fast", "trainer"} & set(rows_wanted) and attention == "auto":
         heads, tokens = config.num_heads, config.num_tokens
-        timings = time_attention(args.batch_size, heads, tokens, config.embed_dim // heads, device)
+        # FlexAttention only where the step compiles it
+        kernels = tuple(k for k in ATTENTION_BACKENDS if use_compile or k != "flex")
+        timings = time_attention(args.batch_size, heads, tokens, config.embed_dim // heads, device,
+                                 kernels=kernels)
         listed = ", ".join(f"{k} {v['ms']:.2f} ms (error {v['error']:.1e})" if v else f"{k} n/a"
                            for k, v in timings.items())
         attention = pick_attention(timings)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .attention import use_flex_attention
+from .attention import MultiHeadSelfAttention, use_flex_attention
 
 Precision = Literal["fp32", "autocast", "bf16"]
 PRECISIONS = ("fp32", "autocast", "bf16")
@@ -49,16 +49,23 @@ def attention_backend(name: str | None) -> Iterator[None]:
     ('flash', 'efficient', 'cudnn', 'math') or FlexAttention ('flex'); None keeps PyTorch's
     own choice. A compiled graph keeps the kernel that was allowed when it was traced, so wrap
     the first (compiling) call as well."""
+    check_attention(name)
     if name is None:
         yield
-        return
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(
-            f"unknown attention backend {name!r}; choose one of "
-            f"{', '.join(ATTENTION_BACKENDS)}, or None for PyTorch's choice"
-        )
-    with use_flex_attention() if name == "flex" else sdpa_kernel(SDPA_KERNELS[name]):
-        yield
+    elif name == "flex":
+        with use_flex_attention():
+            yield
+    else:
+        with use_flex_attention(enabled=False), sdpa_kernel(SDPA_KERNELS[name]):
+            yield
+
+
+def check_attention(name: str | None) -> None:
+    """Raise a ValueError that lists the choices unless ``name`` is an attention kernel of
+    ``ATTENTION_BACKENDS`` or None (PyTorch's choice)."""
+    if name is not None and name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention kernel {name!r}; choose one of "
+                         f"{', '.join(ATTENTION_BACKENDS)}, or None for PyTorch's choice")
 
 
 def bf16_forward(model: nn.Module, images: Tensor) -> Tensor:
@@ -102,16 +109,9 @@ class TrainStep:
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be None (eager) or one of "
                              f"{', '.join(COMPILE_MODES)}, got {compile_mode!r}")
-        if attention is not None and attention not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"unknown attention backend {attention!r}; choose one of "
-                f"{', '.join(ATTENTION_BACKENDS)}, or None for PyTorch's choice"
-            )
-        device = next(model.parameters()).device
-        if attention == "flex" and device.type != "cuda":
-            raise ValueError(f"attention='flex' trains on CUDA only (PyTorch's FlexAttention "
-                             f"has no backward pass on {device.type}); choose another kernel "
-                             "or None")
+        check_attention(attention)
+        if attention == "flex":
+            _check_flex(model, compile_mode)
         self.model, self.optimizer, self.num_classes = model, optimizer, num_classes
         self.precision, self.attention = precision, attention
         self.label_smoothing, self.grad_clip = label_smoothing, grad_clip
@@ -146,6 +146,20 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         # CUDA-graph outputs are overwritten by the next step: hand out copies
         return loss.detach().clone(), correct.clone()
+
+
+def _check_flex(model: nn.Module, compile_mode: str | None) -> None:
+    """FlexAttention trains only where it is a fused kernel that replaces every attention."""
+    if compile_mode is None:
+        raise ValueError("attention='flex' needs a compile_mode: uncompiled, FlexAttention "
+                         "builds the whole attention matrix; compile, or choose another kernel")
+    if any(m.attn_dropout > 0 for m in model.modules() if isinstance(m, MultiHeadSelfAttention)):
+        raise ValueError("attention='flex' covers attention without dropout; set the model's "
+                         "attn_dropout to 0, or choose another kernel")
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ValueError(f"attention='flex' trains on CUDA only (PyTorch's FlexAttention has no "
+                         f"backward pass on {device.type}); choose another kernel or None")
 
 
 @torch.no_grad()
