@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("interrupted: the run above was scored from its last checkpoint; "
                       "no further runs")
                 break
+    if not args.out:
+        print("(the checkpoints and histories above were in a temporary folder, now deleted; "
+              "--out DIR keeps them)")
     if len(variants) > 1:
         print()
         print(comparison_table(result["variants"]))

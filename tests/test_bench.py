@@ -358,6 +358,7 @@ def test_time_to_accuracy_smoke_reports_curves_choices_and_the_seed_spread(
     printed = capsys.readouterr().out
     assert "RESULT recipe cifar_fast seed 1: test" in printed
     assert "RESULT recipe cifar_fast: test" in printed and "over 2 seeds" in printed
+    assert "temporary folder" not in printed  # --out keeps them
 
 
 def test_an_interrupted_run_is_scored_from_its_checkpoint(script, tmp_path, monkeypatch,
@@ -439,6 +440,7 @@ def test_variants_run_on_top_of_the_recipe_until_the_deadline(script, monkeypatc
     assert variants[2]["model"]["drop_path"] == 0.2 and variants[2]["train"]["batch_size"] == 128
     printed = capsys.readouterr().out
     assert "RESULT recipe cifar_fast + dp seed 0: test 60.00%" in printed
+    assert "temporary folder, now deleted; --out DIR keeps them" in printed  # no --out given
     assert "cifar_fast + big batch seed 1: skipped" in printed
     table = printed[printed.index("variant "):].splitlines()
     assert table[1].split()[:4] == ["recipe", "50.50%", "±", "0.71%"]
