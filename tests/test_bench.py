@@ -267,6 +267,20 @@ def test_profile_shows_where_a_steps_time_goes(tmp_path, capsys):
     assert "flex" not in timings  # uncompiled steps are not offered FlexAttention
 
 
+def test_a_failed_profile_keeps_the_rows_timing(tmp_path, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("profiler unavailable")
+
+    monkeypatch.setattr(bench, "profile_steps", broken)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "fast", "--profile", "fast", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    [row] = report["rows"]
+    assert row["name"] == "fast" and row["images_per_s"] > 0 and row["profile"] is None
+    assert report["attention"]["timings"]["math"]["ms"] > 0  # timed by the clock instead
+    assert "fast: profile failed" in capsys.readouterr().out
+
+
 def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkeypatch):
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent

@@ -161,8 +161,7 @@ def time_attention(
                 check = run(attend, q, k, v, grad)  # samples are independent: check the first
                 error = max(((c[:4].double() - r).norm() / r.norm()).item()
                             for c, r in zip(check, reference, strict=True))
-                # the kernels' time: a compiled call's Python overhead does not reach the step
-                timed = profile_steps(partial(run, attend, q, k, v, grad), device, repeats)
+                ms = _ms_per_call(partial(run, attend, q, k, v, grad), device, repeats)
         except Exception as failure:  # no such kernel for this shape, dtype or device
             inner = getattr(failure, "inner_exception", None) or failure  # a compiler's cause
             lines = str(inner).strip().splitlines() or [""]
@@ -172,9 +171,23 @@ def time_attention(
                 traceback.print_exception(failure)
             results[name] = None
             continue
-        ms = timed["busy_ms"] if timed["busy_ms"] is not None else timed["wall_ms"]
         results[name] = {"ms": ms, "error": error}
     return results
+
+
+def _ms_per_call(work: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Milliseconds per call of ``work``: its kernels' device time where the profiler gives it
+    (a compiled call's Python overhead does not reach a compiled step), else wall time."""
+    try:
+        p = profile_steps(work, device, repeats)
+        return p["busy_ms"] if p["busy_ms"] is not None else p["wall_ms"]
+    except Exception:  # no profiler here
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        _sync(device)
+        return (time.perf_counter() - started) / repeats * 1e3
 
 
 def pick_attention(results: dict[str, dict[str, float] | None], tolerance: float = 2e-2) -> str:
@@ -443,7 +456,12 @@ def measure_row(
         warmup_s, windows = time_steps(step, device, args.warmup, args.steps, args.repeats)
         if row not in _profile_rows(args):
             return warmup_s, windows, None
-        profiled = profile_steps(step, device, args.profile_steps)
+        try:
+            profiled = profile_steps(step, device, args.profile_steps)
+        except Exception:  # the row's timing stands without its profile
+            print(f"{row}: profile failed", flush=True)
+            traceback.print_exc()
+            return warmup_s, windows, None
         return warmup_s, windows, profiled | {"step_ms": statistics.median(windows) * 1e3}
 
     if row == "typical":
