@@ -38,7 +38,16 @@ from vitlib.bench import write_json
 from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from vitlib.data import load_cifar10, synthetic_cifar
 from vitlib.model import ViT, ViTConfig
-from vitlib.train import RECIPES, History, TrainConfig, evaluate, get_recipe, split_data, train
+from vitlib.train import (
+    RECIPES,
+    History,
+    TrainConfig,
+    evaluate,
+    get_recipe,
+    pick_device,
+    split_data,
+    train,
+)
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}
 SMOKE_TRAIN = {"epochs": 2, "batch_size": 64, "val_size": 64, "warmup_epochs": 1,
@@ -122,8 +131,7 @@ def score_variants(checkpoint: Path, data, config: TrainConfig) -> dict[str, dic
     each with and without flip test-time augmentation."""
     state = load_checkpoint(checkpoint)
     _, val, test = split_data(data, config)
-    device = torch.device("cuda" if torch.cuda.is_available() and config.device != "cpu"
-                          else "cpu")
+    device = pick_device(config.device)
     scores = {}
     for label in ("model", "ema"):
         if state[label] is None:
@@ -211,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     started = time.perf_counter()
     _, _, _, config = variants[0]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    device = pick_device(config.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     budget = f"{config.time_budget_s:g} s" if config.time_budget_s else "none (epochs only)"
     print(f"device: {name} · torch {torch.__version__} · recipe {args.recipe} · "
           f"budget {budget} · seeds {args.seed}..{args.seed + args.seeds - 1}"

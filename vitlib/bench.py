@@ -47,7 +47,7 @@ from .augment import Augment, AugmentConfig
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
 from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend
 from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
-from .train import TrainConfig, get_recipe, make_optimizer, train
+from .train import TrainConfig, get_recipe, make_optimizer, pick_device, train
 
 ROWS = ("typical", "timm", "compiled", "fast", "trainer")
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16, SXM parts
@@ -182,12 +182,8 @@ def _ms_per_call(work: Callable[[], object], device: torch.device, repeats: int)
         p = profile_steps(work, device, repeats)
         return p["busy_ms"] if p["busy_ms"] is not None else p["wall_ms"]
     except Exception:  # no profiler here
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(repeats):
-            work()
-        _sync(device)
-        return (time.perf_counter() - started) / repeats * 1e3
+        _, [seconds] = time_steps(work, device, warmup=0, steps=repeats, repeats=1)
+        return seconds * 1e3
 
 
 def pick_attention(results: dict[str, dict[str, float] | None], tolerance: float = 2e-2) -> str:
@@ -260,11 +256,12 @@ def profile_steps(step: Callable[[], object], device: torch.device, steps: int) 
         kind = kernel_kind(name)
         kinds[kind] = kinds.get(kind, 0.0) + ms(sum(times))
     top = sorted(per_name.items(), key=lambda item: -sum(item[1]))[:12]
-    busy = busy_time([(e.time_range.start, e.time_range.end) for e in events]) if on_cuda else None
+    busy_ms = ms(busy_time([(e.time_range.start, e.time_range.end) for e in events])) \
+        if on_cuda else None  # a CPU is never idle in this sense
     return {
         "steps": steps,
         "wall_ms": wall_s * 1e3 / steps,
-        "busy_ms": ms(busy) if on_cuda else None,  # a CPU is never idle in this sense
+        "busy_ms": busy_ms,
         "kernels": len(events) / steps,
         "kinds": dict(sorted(kinds.items(), key=lambda item: -item[1])),
         "top": [{"name": name, "calls": len(times) / steps, "ms": ms(sum(times))}
@@ -552,8 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if _profile_rows(args) - set(rows_wanted):
         raise SystemExit(f"--profile {args.profile} names rows that --rows {args.rows} does not "
                          "run; add them to --rows")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     on_cuda = device.type == "cuda"
     use_compile = on_cuda if args.compile is None else args.compile
     overrides = SMOKE_MODEL if args.smoke else {}
