@@ -175,3 +175,12 @@ def test_token_drop_keeps_a_random_subset_of_patch_tokens_in_training_only(pool)
     assert torch.equal(dropping(x), full.eval()(x))
     with pytest.raises(ValueError, match=r"token_drop .* in \[0, 1\)"):
         ViTConfig(token_drop=1.0)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_residual_stream_is_stored_token_by_token(pool):
+    # LayerNorm reduces over D: a stream laid out as (B, D, N) makes every norm strided
+    model = ViT(ViTConfig(**SMALL, pool=pool))
+    tokens = model.embed(torch.randn(2, 3, 16, 16))
+    assert tokens.is_contiguous()
+    assert model.blocks[0](tokens).is_contiguous()

@@ -69,7 +69,10 @@ class PatchEmbed(nn.Module):
             )
         _check_divisible(x.shape[-2], self.patch_size, "image height")
         _check_divisible(x.shape[-1], self.patch_size, "image width")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, gh, gw) -> (B, N, D)
+        # (B, D, gh, gw) -> (B, N, D), stored token by token: the transposed view alone keeps
+        # the (B, D, N) memory order, and every residual add after it inherits that order, so
+        # each LayerNorm would gather its D features with a stride of N
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
     @torch.no_grad()
     def as_linear(self) -> nn.Linear:
