@@ -180,13 +180,34 @@ def test_gpu_check_treats_a_step_killed_after_its_cap_as_timed_out(tmp_path):
     assert timeouts and all(t.startswith("timeout -k ") for t in timeouts)
 
 
-def test_gpu_check_expands_empty_arrays_for_old_bash():
+@pytest.mark.parametrize("script", ["gpu_check.sh", "compiler_settings.sh"])
+def test_gpu_scripts_expand_empty_arrays_for_old_bash(script):
     # under set -u, bash before 4.4 stops at an empty "${A[@]}" (unbound variable): SMOKE is
     # empty on the GPU machine, ATTENTION_FLAG when no kernel was chosen
-    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    text = (ROOT / "benchmarks" / script).read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert re.findall(r"\$\{\w+\[@\]", code)
     assert re.findall(r'(?<!\+)"\$\{\w+\[@\]\}"', code) == []
+
+
+def test_compiler_settings_runs_each_setting_in_its_own_environment(tmp_path):
+    stub = tmp_path / "python"
+    calls = tmp_path / "calls.txt"
+    stub.write_text(f"""#!/usr/bin/env bash
+echo "${{TORCH_LOGS:-}}|${{TORCHINDUCTOR_MIX_ORDER_REDUCTION:-}}|$*" >> {calls}
+echo "fast: 1 images/s"
+""")
+    stub.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": str(stub),
+           "SETTINGS": "plain||\nno mix|TORCHINDUCTOR_MIX_ORDER_REDUCTION=0|--batch-size 8"}
+    done = subprocess.run(["bash", "benchmarks/compiler_settings.sh"], cwd=ROOT, env=env,
+                          text=True, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    plain, no_mix = calls.read_text().splitlines()
+    assert plain.startswith("output_code||-m vitlib bench --rows fast --attention flex")
+    assert no_mix.startswith("|0|") and no_mix.endswith("--batch-size 8")
+    assert done.stdout.count("fast: 1 images/s") == 4  # as run, and in the summary
+    assert (tmp_path / "out" / "settings.log").exists()
 
 
 def test_micro_model_runs_the_gpu_commands_with_a_tiny_eager_model():
