@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The bench's fast row under other torch.compile (Inductor) settings, each in a process of its
 # own (Inductor reads TORCHINDUCTOR_* when it is imported), with the profile of its step.
-# The first, unchanged setting also writes the generated code (kernels and the launching
-# wrapper) to $OUT/output_code.txt.gz. Each line of SETTINGS is "name|environment|bench flags".
+# The first setting also writes the generated code (kernels and the launching wrapper) to
+# $OUT/output_code.txt.gz. Each line of SETTINGS is "name|environment|bench flags".
 #   VITLIB_DATA=path/to/cifar10 bash benchmarks/compiler_settings.sh     # on the GPU machine
 #   bash benchmarks/compiler_settings.sh --cpu-smoke                     # the same steps, tiny
 set -u -o pipefail
@@ -34,7 +34,7 @@ while IFS='|' read -r name environment flags; do
     # shellcheck disable=SC2086  # the environment and the flags are split into words
     env ${logs[@]+"${logs[@]}"} $environment timeout -k 10 "$left" \
         $PY -m vitlib bench --rows fast --attention "$ATTENTION" --no-ceilings --profile fast \
-        $flags ${SMOKE[@]+"${SMOKE[@]}"} 2>>"$err" | tee -a "$OUT/settings.log" \
+        $flags ${SMOKE[@]+"${SMOKE[@]}"} </dev/null 2>>"$err" | tee -a "$OUT/settings.log" \
         | grep -E "^fast:|^profile|^  [a-z(]|^ +[0-9.]+ ms"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - START)) s"
 done <<< "$SETTINGS"
