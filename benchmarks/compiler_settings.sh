@@ -2,7 +2,8 @@
 # The bench's fast row under other torch.compile (Inductor) settings, each in a process of its
 # own (Inductor reads TORCHINDUCTOR_* when it is imported), with the profile of its step.
 # The first setting also writes the generated code (kernels and the launching wrapper) to
-# $OUT/output_code.txt.gz. Each line of SETTINGS is "name|environment|bench flags".
+# $OUT/output_code.txt.gz. Each line of SETTINGS is "name|environment|bench flags"; options
+# that no environment variable reaches go in as bench flags (--inductor NAME=VALUE).
 #   VITLIB_DATA=path/to/cifar10 bash benchmarks/compiler_settings.sh     # on the GPU machine
 #   bash benchmarks/compiler_settings.sh --cpu-smoke                     # the same steps, tiny
 set -u -o pipefail
@@ -16,12 +17,13 @@ PY=${PY:-python3}
 ATTENTION=${ATTENTION:-flex}
 SMOKE=()
 if [ "${1:-}" = "--cpu-smoke" ]; then SMOKE=(--smoke); ATTENTION=math; fi
+# Tried on one H200 (2026-11-28, benchmarks/NOTES.md): TORCHINDUCTOR_MIX_ORDER_REDUCTION=0 (no
+# change) and TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 (not compiled within 100 s)
 SETTINGS=${SETTINGS:-"unchanged||
-no mix-order reduction|TORCHINDUCTOR_MIX_ORDER_REDUCTION=0|
-coordinate-descent tuning|TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1|
+combo kernels||--inductor combo_kernels=True
+max-autotune||--fast-compile-mode max-autotune
 batch 2048||--batch-size 2048
-no split reductions|TORCHINDUCTOR_SPLIT_REDUCTIONS=0|
-max-autotune||--fast-compile-mode max-autotune"}
+no split reductions|TORCHINDUCTOR_SPLIT_REDUCTIONS=0|"}
 START=$SECONDS
 first=1
 while IFS='|' read -r name environment flags; do

@@ -288,6 +288,33 @@ def test_profile_shows_where_a_steps_time_goes(tmp_path, capsys):
     assert "flex" not in timings  # uncompiled steps are not offered FlexAttention
 
 
+def test_inductor_options_are_set_and_recorded_with_the_row(tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    # restored after the test: the options are the process's
+    monkeypatch.setattr(inductor_config, "combo_kernels", inductor_config.combo_kernels)
+    monkeypatch.setattr(inductor_config.triton, "cudagraph_trees",
+                        inductor_config.triton.cudagraph_trees)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "typical", "--json", str(out), "--inductor",
+                       "combo_kernels=True", "--inductor", "triton.cudagraph_trees = False"]) == 0
+    assert inductor_config.combo_kernels is True
+    assert inductor_config.triton.cudagraph_trees is False
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["inductor"] == {"combo_kernels": True, "triton.cudagraph_trees": False}
+    assert "inductor: combo_kernels=True, triton.cudagraph_trees=False" in row["description"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("combo_kernels", "write it as NAME=VALUE"),
+    ("combo_kernels=yes", "must be a Python literal"),
+    ("no_such_option=1", "has no Inductor option 'no_such_option'"),
+])
+def test_bad_inductor_options_are_explained(spec, message):
+    with pytest.raises(SystemExit, match=message):
+        bench.main(["--smoke", "--rows", "typical", "--inductor", spec])
+
+
 def test_a_failed_profile_keeps_the_rows_timing(tmp_path, monkeypatch, capsys):
     def broken(*args):
         raise RuntimeError("profiler unavailable")

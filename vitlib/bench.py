@@ -66,6 +66,7 @@ class Row:
     warmup_s: float  # seconds of the warm-up steps, compilation included
     attention: str | None = None  # the attention kernel forced in this row, if any
     profile: dict | None = None  # where a step's time goes (profile_steps), if asked for
+    inductor: dict | None = None  # the Inductor options set for its run (--inductor), if any
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -526,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "steps to profile after timing them: ms per step by kind of kernel, the "
                    "device's idle time, the top kernels (torch.profiler)")
     p.add_argument("--profile-steps", type=int, default=10, help="steps each profile covers")
+    p.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
+                   help="set torch._inductor.config.NAME to the Python literal VALUE before "
+                   "anything compiles (repeatable), e.g. combo_kernels=True or "
+                   "triton.cudagraph_trees=False")
     p.add_argument("--deadline", type=float, help="skip rows that would start after this "
                    "many seconds (keeps a time-limited run from losing the table)")
     p.add_argument("--json", help="write the results here; rows already in the file are kept "
@@ -549,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     if _profile_rows(args) - set(rows_wanted):
         raise SystemExit(f"--profile {args.profile} names rows that --rows {args.rows} does not "
                          "run; add them to --rows")
+    try:
+        inductor = set_inductor_options(args.inductor)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     device = pick_device(args.device)
     on_cuda = device.type == "cuda"
     use_compile = on_cuda if args.compile is None else args.compile
@@ -623,6 +632,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if on_cuda:
                 torch.cuda.empty_cache()
+        if inductor:
+            settings = ", ".join(f"{k}={v!r}" for k, v in inductor.items())
+            result = replace(result, inductor=inductor,
+                             description=f"{result.description}, inductor: {settings}")
         rows[row] = result
         print(f"{row}: {result.images_per_s:,.0f} images/s (batch {result.batch_size}, "
               f"warm-up {result.warmup_s:.1f} s)", flush=True)
@@ -647,6 +660,34 @@ def write_json(path: str | Path, report: dict) -> None:
     tmp = path.with_name(f"{path.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def set_inductor_options(specs: list[str]) -> dict[str, object]:
+    """Set ``torch._inductor.config`` options from "NAME=VALUE" strings, VALUE a Python literal
+    and NAME possibly dotted (``triton.cudagraph_trees``); returns the options set. Raises a
+    ValueError that says what to write for a malformed spec or an option Inductor lacks."""
+    import ast
+
+    from torch._inductor import config as inductor_config
+
+    options: dict[str, object] = {}
+    for spec in specs:
+        name, sep, text = (part.strip() for part in spec.partition("="))
+        if not (sep and name and text):
+            raise ValueError(f"--inductor {spec!r}: write it as NAME=VALUE, "
+                             "e.g. --inductor combo_kernels=True")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--inductor {spec!r}: VALUE must be a Python literal such as "
+                             f"True, 4 or 'name' (quoted), got {text!r}") from None
+        try:
+            setattr(inductor_config, name, value)
+        except AttributeError:
+            raise ValueError(f"--inductor {spec!r}: torch {torch.__version__} has no Inductor "
+                             f"option {name!r} (see torch/_inductor/config.py)") from None
+        options[name] = value
+    return options
 
 
 def _profile_rows(args: argparse.Namespace) -> set[str]:
