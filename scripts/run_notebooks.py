@@ -3,10 +3,16 @@
     python scripts/run_notebooks.py                        # every notebook, full mode
     python scripts/run_notebooks.py --smoke 01 03          # two notebooks, quick mode
     python scripts/run_notebooks.py 02 -p MAX_SEQ_LEN 1024 # override a size parameter
+    python scripts/run_notebooks.py --smoke --no-jupyter   # where only PyTorch is installed
 
 Executed copies go to ``--out`` (default ``build/notebooks/``); the notebooks in ``notebooks/``
 are never written to. ``SMOKE=1`` in the environment means ``--smoke``. The exit status is
 non-zero if any notebook fails.
+
+``--no-jupyter`` needs neither papermill nor a kernel (a GPU machine with PyTorch alone): each
+notebook's code cells run in order in a Python process of its own, the parameters set right
+after the cell tagged ``parameters``, figures drawn off screen, shell (``!``) and magic (``%``)
+lines skipped; a failure names the cell. Nothing is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -66,6 +72,56 @@ def select_notebooks(names: list[str]) -> list[Path]:
     return chosen
 
 
+def plain_source(source: str) -> str:
+    """A code cell's source as plain Python: shell (``!``) and magic (``%``) lines become
+    ``pass`` at their indentation."""
+    lines = []
+    for line in source.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith(("!", "%")):
+            line = line[: len(line) - len(stripped)] + "pass  # " + stripped
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run_plain(notebook: Path, parameters: dict) -> None:
+    """Run the notebook's code cells in this process, in order, in one namespace, from the
+    notebook's folder; ``parameters`` are set after the cell tagged ``parameters``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # before the notebook imports pyplot
+    import matplotlib.pyplot as plt
+
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    namespace: dict = {"__name__": "__main__"}
+    os.chdir(notebook.parent)
+    for number, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        where = f"{notebook.name} [cell {cell.get('id', number)}]"
+        exec(compile(plain_source("".join(cell["source"])), where, "exec"), namespace)
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            namespace.update(parameters)
+        plt.close("all")
+
+
+def run_in_child(notebook: Path, parameters: dict) -> str:
+    """Run ``run_plain`` in a new Python process; returns "ok" or the failure's last line."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run(
+        [sys.executable, __file__, "--plain-child", str(notebook), json.dumps(parameters)],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    if done.returncode == 0:
+        return "ok"
+    sys.stderr.write(done.stderr)
+    last = [line for line in done.stderr.splitlines() if line.strip()]
+    return "FAILED: " + (last[-1] if last else f"exit status {done.returncode}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*",
@@ -78,21 +134,32 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("NAME", "VALUE"),
                         help="inject a parameter, e.g. -p MAX_SEQ_LEN 1024 (repeatable)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
+    parser.add_argument("--no-jupyter", action="store_true",
+                        help="run the code cells in plain Python processes, without papermill "
+                        "and a kernel; writes no copies")
+    parser.add_argument("--plain-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_child:  # one notebook, in the process --no-jupyter started for it
+        run_plain(Path(args.plain_child[0]), json.loads(args.plain_child[1]))
+        return 0
 
-    import papermill  # imported here so that --help works without it
+    if not args.no_jupyter:
+        import papermill  # imported here so that --help works without it
 
-    # papermill warns about parameter lines it cannot parse (SMOKE = ... == "1"); unknown
-    # parameter names are reported below instead
-    logging.getLogger("papermill").setLevel(logging.ERROR)
+        # papermill warns about parameter lines it cannot parse (SMOKE = ... == "1");
+        # unknown parameter names are reported below instead
+        logging.getLogger("papermill").setLevel(logging.ERROR)
 
     smoke = args.smoke or os.environ.get("SMOKE", "0") == "1"
     parameters = {"SMOKE": smoke}
     parameters.update({name: parse_value(value) for name, value in args.parameter})
     notebooks = select_notebooks(args.notebooks)
-    args.out.mkdir(parents=True, exist_ok=True)
     shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items())
-    print(f"running {len(notebooks)} notebook(s) with {shown} -> {args.out}")
+    if args.no_jupyter:
+        print(f"running {len(notebooks)} notebook(s) with {shown}, without Jupyter")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(f"running {len(notebooks)} notebook(s) with {shown} -> {args.out}")
 
     failed = []
     for notebook in notebooks:
@@ -101,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {notebook.name} has no parameter {', '.join(unknown)}; "
                   "the value is injected but nothing reads it")
         start = time.perf_counter()
+        if args.no_jupyter:
+            status = run_in_child(notebook, parameters)
+            if status != "ok":
+                failed.append(notebook.name)
+            print(f"{notebook.name:<45} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
+            continue
         try:
             papermill.execute_notebook(
                 str(notebook), str(args.out / notebook.name), parameters=parameters,
@@ -114,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{notebook.name:<45} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
 
     if failed:
-        print(f"{len(failed)} of {len(notebooks)} failed: {', '.join(failed)}; open the executed "
-              f"copies in {args.out} to see the error in context")
+        where = ("the traceback above names the cell" if args.no_jupyter else
+                 f"open the executed copies in {args.out} to see the error in context")
+        print(f"{len(failed)} of {len(notebooks)} failed: {', '.join(failed)}; {where}")
         return 1
     print(f"all {len(notebooks)} notebook(s) ran")
     return 0

@@ -1,4 +1,5 @@
-"""Notebooks run under papermill with injected parameters, and so does scripts/run_notebooks.py."""
+"""Notebooks run under papermill with injected parameters, and so does scripts/run_notebooks.py,
+with papermill or without Jupyter."""
 
 import importlib.util
 import json
@@ -68,6 +69,34 @@ def test_run_notebooks_script_injects_reports_and_fails(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "FAILED: ValueError: broken on purpose" in report
     assert "1 of 2 failed: bad.ipynb" in report
+
+
+def test_run_notebooks_without_jupyter_sets_parameters_and_names_the_failing_cell(
+        tmp_path, capfd):  # capfd: the notebooks print from processes of their own
+    body = ('import os, sys\nif "google.colab" in sys.modules:\n    !pip install -q vitlib\n'
+            '%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([SIZE])\n'
+            'print(f"SMOKE={SMOKE} SIZE={SIZE} in {os.path.basename(os.getcwd())}")')
+    good = tiny_notebook(tmp_path / "good.ipynb", body)
+    bad = tiny_notebook(tmp_path / "bad.ipynb", 'raise ValueError("broken on purpose")')
+    out = tmp_path / "out"
+
+    assert run_notebooks.main([str(good), "--no-jupyter", "--smoke", "-p", "SIZE", "7",
+                               "--out", str(out)]) == 0
+    assert not out.exists()  # no executed copies without Jupyter
+    assert "SMOKE=True SIZE=7 in " + tmp_path.name in capfd.readouterr().out
+
+    assert run_notebooks.main([str(good), str(bad), "--no-jupyter"]) == 1
+    captured = capfd.readouterr()
+    assert "bad.ipynb" in captured.out and "FAILED: ValueError: broken on purpose" in captured.out
+    assert "1 of 2 failed: bad.ipynb; the traceback above names the cell" in captured.out
+    cell = json.loads(bad.read_text())["cells"][1]["id"]
+    assert f"bad.ipynb [cell {cell}]" in captured.err
+
+
+def test_plain_source_skips_shell_and_magic_lines_at_their_indentation():
+    source = "if x:\n    !pip install a\n%time y = 1\nz = '!'"
+    assert run_notebooks.plain_source(source) == (
+        "if x:\n    pass  # !pip install a\npass  # %time y = 1\nz = '!'")
 
 
 def test_parameter_values_are_parsed_as_python_literals():
