@@ -72,6 +72,24 @@ def select_notebooks(names: list[str]) -> list[Path]:
     return chosen
 
 
+def run_papermill(notebook: Path, executed: Path, parameters: dict, kernel: str) -> str:
+    """Execute the notebook with papermill into ``executed``; returns "ok" or the failure."""
+    import papermill  # imported here so that --help and --no-jupyter work without it
+
+    # papermill warns about parameter lines it cannot parse (SMOKE = ... == "1"); unknown
+    # parameter names are reported by main instead
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=parameters, kernel_name=kernel,
+            cwd=str(notebook.parent), progress_bar=False,
+        )
+    except Exception as error:  # the caller reports it and goes on with the next notebook
+        name = getattr(error, "ename", type(error).__name__)  # the notebook's own error
+        return f"FAILED: {name}: {getattr(error, 'evalue', error)}"
+    return "ok"
+
+
 def plain_source(source: str) -> str:
     """A code cell's source as plain Python: shell (``!``) and magic (``%``) lines become
     ``pass`` at their indentation."""
@@ -143,13 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         run_plain(Path(args.plain_child[0]), json.loads(args.plain_child[1]))
         return 0
 
-    if not args.no_jupyter:
-        import papermill  # imported here so that --help works without it
-
-        # papermill warns about parameter lines it cannot parse (SMOKE = ... == "1");
-        # unknown parameter names are reported below instead
-        logging.getLogger("papermill").setLevel(logging.ERROR)
-
     smoke = args.smoke or os.environ.get("SMOKE", "0") == "1"
     parameters = {"SMOKE": smoke}
     parameters.update({name: parse_value(value) for name, value in args.parameter})
@@ -170,20 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if args.no_jupyter:
             status = run_in_child(notebook, parameters)
-            if status != "ok":
-                failed.append(notebook.name)
-            print(f"{notebook.name:<45} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
-            continue
-        try:
-            papermill.execute_notebook(
-                str(notebook), str(args.out / notebook.name), parameters=parameters,
-                kernel_name=args.kernel, cwd=str(notebook.parent), progress_bar=False,
-            )
-            status = "ok"
-        except Exception as error:  # report every failure and go on with the next notebook
+        else:
+            status = run_papermill(notebook, args.out / notebook.name, parameters, args.kernel)
+        if status != "ok":  # reported; the next notebook runs all the same
             failed.append(notebook.name)
-            name = getattr(error, "ename", type(error).__name__)  # the notebook's own error
-            status = f"FAILED: {name}: {getattr(error, 'evalue', error)}"
         print(f"{notebook.name:<45} {time.perf_counter() - start:7.1f} s  {status}", flush=True)
 
     if failed:
