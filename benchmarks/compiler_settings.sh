@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The bench's fast row under other torch.compile (Inductor) settings, each in a process of its
 # own (Inductor reads TORCHINDUCTOR_* when it is imported), with the profile of its step.
-# The first setting also writes the generated code (kernels and the launching wrapper) to
-# $OUT/output_code.txt.gz. Each line of SETTINGS is "name|environment|bench flags"; options
-# that no environment variable reaches go in as bench flags (--inductor NAME=VALUE).
+# The first setting also writes the generated code (kernels and the launching wrapper), with
+# the rest of its error output, to $OUT/output_code.txt.gz (the others: $OUT/stderr.txt). Each
+# line of SETTINGS is "name|environment|bench flags"; options that no environment variable
+# reaches go in as bench flags (--inductor NAME=VALUE).
 #   VITLIB_DATA=path/to/cifar10 bash benchmarks/compiler_settings.sh     # on the GPU machine
 #   bash benchmarks/compiler_settings.sh --cpu-smoke                     # the same steps, tiny
-set -u -o pipefail
+set -u -f -o pipefail  # -f: no file-name expansion of the settings' words
 OUT=${OUT:-runs/compiler_settings}
 LIMIT=${LIMIT:-330}  # seconds for the whole script
 CAP=${CAP:-100}      # seconds for one setting
 mkdir -p "$OUT"
+rm -f "$OUT/settings.log" "$OUT/stderr.txt" "$OUT/output_code.txt" "$OUT/output_code.txt.gz"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 export VITLIB_CACHE=${VITLIB_CACHE:-data/cache}
 PY=${PY:-python3}
@@ -27,10 +29,12 @@ no split reductions|TORCHINDUCTOR_SPLIT_REDUCTIONS=0|"}
 START=$SECONDS
 first=1
 while IFS='|' read -r name environment flags; do
+    [ -z "$name$environment$flags" ] && continue  # a blank line
     left=$((LIMIT - (SECONDS - START)))
     if [ "$left" -lt 45 ]; then echo "== $name: skipped, $left s left"; continue; fi
     [ "$left" -gt "$CAP" ] && left=$CAP
-    echo "== $name ($environment $flags; at $((SECONDS - START)) s, limit $left s)"
+    echo "== $name ($environment $flags; at $((SECONDS - START)) s, limit $left s)" \
+        | tee -a "$OUT/settings.log"
     logs=() err="$OUT/stderr.txt"
     if [ $first = 1 ]; then logs=(TORCH_LOGS=output_code); err="$OUT/output_code.txt"; first=0; fi
     # shellcheck disable=SC2086  # the environment and the flags are split into words
@@ -42,4 +46,4 @@ while IFS='|' read -r name environment flags; do
 done <<< "$SETTINGS"
 gzip -f "$OUT/output_code.txt" 2>/dev/null
 echo "== summary"
-grep -E "^fast:|^profile" "$OUT/settings.log"
+grep -E "^== |^fast:|^profile" "$OUT/settings.log" 2>/dev/null || echo "no setting ran"

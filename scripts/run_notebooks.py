@@ -91,8 +91,9 @@ def run_papermill(notebook: Path, executed: Path, parameters: dict, kernel: str)
 
 
 def plain_source(source: str) -> str:
-    """A code cell's source as plain Python: shell (``!``) and magic (``%``) lines become
-    ``pass`` at their indentation."""
+    """A code cell's source as plain Python: lines that start with a shell (``!``) or magic
+    (``%``) command become ``pass`` at their indentation (line by line: a continuation line
+    or a line of a multi-line string that starts so is rewritten too)."""
     lines = []
     for line in source.splitlines():
         stripped = line.lstrip()
@@ -102,42 +103,66 @@ def plain_source(source: str) -> str:
     return "\n".join(lines)
 
 
-def run_plain(notebook: Path, parameters: dict) -> None:
+def run_plain(notebook: Path, parameters: dict, report: Path) -> None:
     """Run the notebook's code cells in this process, in order, in one namespace, from the
-    notebook's folder; ``parameters`` are set after the cell tagged ``parameters``."""
+    notebook's folder (also first on ``sys.path``, as in a kernel); ``parameters`` are set
+    after the cell tagged ``parameters``, or before the first cell where none is. A failing
+    cell's traceback is printed and its error written to ``report`` in one line; then the
+    process exits with status 1."""
+    import linecache
+    import traceback
+
     import matplotlib
 
     matplotlib.use("Agg")  # before the notebook imports pyplot
     import matplotlib.pyplot as plt
 
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cells = [c for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+             if c["cell_type"] == "code"]
     namespace: dict = {"__name__": "__main__"}
     os.chdir(notebook.parent)
-    for number, cell in enumerate(cells):
-        if cell["cell_type"] != "code":
-            continue
-        where = f"{notebook.name} [cell {cell.get('id', number)}]"
-        exec(compile(plain_source("".join(cell["source"])), where, "exec"), namespace)
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
+    sys.path.insert(0, str(notebook.parent))
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", [])]
+    set_after = tagged[0] if tagged else -1
+    if set_after < 0:
+        namespace.update(parameters)
+    for number, cell in enumerate(cells, start=1):
+        where = f"{notebook.name} [code cell {number}, id {cell.get('id', '-')}]"
+        source = plain_source("".join(cell["source"]))
+        linecache.cache[where] = (len(source), None, source.splitlines(True), where)
+        try:
+            exec(compile(source, where, "exec"), namespace)
+        except BaseException as error:  # sys.exit in a cell included: the cells after it
+            traceback.print_exc()  # with the cell's lines, from linecache
+            message = (str(error).strip().splitlines() or [""])[0]
+            report.write_text(f"{where}: {type(error).__name__}: {message}", encoding="utf-8")
+            raise SystemExit(1) from None
+        if number - 1 == set_after:
             namespace.update(parameters)
         plt.close("all")
 
 
 def run_in_child(notebook: Path, parameters: dict) -> str:
-    """Run ``run_plain`` in a new Python process; returns "ok" or the failure's last line."""
+    """Run ``run_plain`` in a new Python process, its output passed through; returns "ok" or
+    what failed."""
+    import signal
     import subprocess
+    import tempfile
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run(
-        [sys.executable, __file__, "--plain-child", str(notebook), json.dumps(parameters)],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    if done.returncode == 0:
-        return "ok"
-    sys.stderr.write(done.stderr)
-    last = [line for line in done.stderr.splitlines() if line.strip()]
-    return "FAILED: " + (last[-1] if last else f"exit status {done.returncode}")
+    sys.stdout.flush()  # this process's lines before the notebook's
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "error.txt"
+        done = subprocess.run([sys.executable, __file__, "--plain-child", str(notebook),
+                               repr(parameters), str(report)], env=env)
+        if done.returncode == 0:
+            return "ok"
+        if done.returncode < 0:
+            return f"FAILED: killed by {signal.Signals(-done.returncode).name}"
+        if report.is_file():
+            return "FAILED: " + report.read_text(encoding="utf-8")
+        return f"FAILED: exit status {done.returncode}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-jupyter", action="store_true",
                         help="run the code cells in plain Python processes, without papermill "
                         "and a kernel; writes no copies")
-    parser.add_argument("--plain-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--plain-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.plain_child:  # one notebook, in the process --no-jupyter started for it
-        run_plain(Path(args.plain_child[0]), json.loads(args.plain_child[1]))
+        notebook, parameters, report = args.plain_child
+        run_plain(Path(notebook), ast.literal_eval(parameters), Path(report))
         return 0
 
     smoke = args.smoke or os.environ.get("SMOKE", "0") == "1"

@@ -87,10 +87,25 @@ def test_run_notebooks_without_jupyter_sets_parameters_and_names_the_failing_cel
 
     assert run_notebooks.main([str(good), str(bad), "--no-jupyter"]) == 1
     captured = capfd.readouterr()
-    assert "bad.ipynb" in captured.out and "FAILED: ValueError: broken on purpose" in captured.out
-    assert "1 of 2 failed: bad.ipynb; the traceback above names the cell" in captured.out
     cell = json.loads(bad.read_text())["cells"][1]["id"]
-    assert f"bad.ipynb [cell {cell}]" in captured.err
+    where = f"bad.ipynb [code cell 2, id {cell}]"
+    assert f"FAILED: {where}: ValueError: broken on purpose" in captured.out
+    assert "1 of 2 failed: bad.ipynb; the traceback above names the cell" in captured.out
+    assert where in captured.err and 'raise ValueError("broken on purpose")' in captured.err
+
+
+def test_run_notebooks_without_jupyter_reports_a_killed_notebook_and_a_missing_parameters_cell(
+        tmp_path, capfd):
+    killed = tiny_notebook(tmp_path / "killed.ipynb", "import os, signal\n"
+                           "os.kill(os.getpid(), signal.SIGKILL)")
+    untagged = tmp_path / "untagged.ipynb"
+    notebook = json.loads(tiny_notebook(untagged, "print(f'SIZE={SIZE}')").read_text())
+    notebook["cells"] = notebook["cells"][1:]  # no parameters cell: set before the first cell
+    untagged.write_text(json.dumps(notebook))
+    assert run_notebooks.main([str(killed), str(untagged), "--no-jupyter", "-p", "SIZE",
+                               "(3, 4)"]) == 1
+    out = capfd.readouterr().out
+    assert "FAILED: killed by SIGKILL" in out and "SIZE=(3, 4)" in out
 
 
 def test_plain_source_skips_shell_and_magic_lines_at_their_indentation():

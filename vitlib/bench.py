@@ -435,6 +435,8 @@ def format_table(rows: list[Row], train_flops: float, peak_tflops: float | None)
         tflops = r.images_per_s * train_flops / 1e12
         mfu = f"{tflops / peak_tflops:.1%}" if peak_tflops else "-"
         what = r.description + (f", attention: {r.attention}" if r.attention else "")
+        if r.inductor:
+            what += ", inductor: " + ", ".join(f"{k}={v!r}" for k, v in r.inductor.items())
         lines.append(
             f"{r.name:<10} {r.batch_size:>5} {r.images_per_s:>10,.0f} {100 * r.spread:>5.1f} "
             f"{ratios[0]:>9} {ratios[1]:>7} {tflops:>8.2f} {mfu:>6} {r.warmup_s:>9.1f}  {what}"
@@ -632,10 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if on_cuda:
                 torch.cuda.empty_cache()
-        if inductor:
-            settings = ", ".join(f"{k}={v!r}" for k, v in inductor.items())
-            result = replace(result, inductor=inductor,
-                             description=f"{result.description}, inductor: {settings}")
+        if inductor and use_compile and row != "typical":  # the rows that compile
+            result = replace(result, inductor=inductor)
         rows[row] = result
         print(f"{row}: {result.images_per_s:,.0f} images/s (batch {result.batch_size}, "
               f"warm-up {result.warmup_s:.1f} s)", flush=True)
@@ -666,26 +666,42 @@ def set_inductor_options(specs: list[str]) -> dict[str, object]:
     """Set ``torch._inductor.config`` options from "NAME=VALUE" strings, VALUE a Python literal
     and NAME possibly dotted (``triton.cudagraph_trees``); returns the options set. Raises a
     ValueError that says what to write for a malformed spec or an option Inductor lacks."""
+    if not specs:
+        return {}
     import ast
 
     from torch._inductor import config as inductor_config
 
+    known = inductor_config.get_config_copy()  # dotted names: triton.cudagraph_trees
     options: dict[str, object] = {}
     for spec in specs:
         name, sep, text = (part.strip() for part in spec.partition("="))
         if not (sep and name and text):
             raise ValueError(f"--inductor {spec!r}: write it as NAME=VALUE, "
                              "e.g. --inductor combo_kernels=True")
+        if name not in known:
+            raise ValueError(f"--inductor {spec!r}: torch {torch.__version__} has no Inductor "
+                             f"option {name!r} (see torch/_inductor/config.py; a section such "
+                             "as triton takes its options one by one: triton.cudagraph_trees)")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ValueError(f"--inductor {spec!r}: VALUE must be a Python literal such as "
-                             f"True, 4 or 'name' (quoted), got {text!r}") from None
+            value = text  # a bare word: the value of a string option (checked below)
+        current = known[name]
+        if isinstance(current, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(current, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:  # None (not set) takes any value
+            ok = current is None or isinstance(value, type(current))
         try:
-            setattr(inductor_config, name, value)
-        except AttributeError:
-            raise ValueError(f"--inductor {spec!r}: torch {torch.__version__} has no Inductor "
-                             f"option {name!r} (see torch/_inductor/config.py)") from None
+            json.dumps(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"--inductor {spec!r}: {name} holds a {type(current).__name__} "
+                             f"(now {current!r}); got {value!r}")
+        setattr(inductor_config, name, value)
         options[name] = value
     return options
 
