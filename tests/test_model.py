@@ -179,7 +179,8 @@ def test_token_drop_keeps_a_random_subset_of_patch_tokens_in_training_only(pool)
 
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_residual_stream_is_stored_token_by_token(pool):
-    # LayerNorm reduces over D: a stream laid out as (B, D, N) makes every norm strided
+    # LayerNorm reduces over D: a stream laid out as (B, D, N) makes every norm strided (with a
+    # class token, torch.cat makes a fresh tensor; the mean-pooling model relies on PatchEmbed)
     model = ViT(ViTConfig(**SMALL, pool=pool))
     tokens = model.embed(torch.randn(2, 3, 16, 16))
     assert tokens.is_contiguous()
