@@ -39,10 +39,15 @@ def parse_value(text: str) -> object:
         return text
 
 
+def is_parameters_cell(cell: dict) -> bool:
+    """Whether a notebook cell is tagged ``parameters`` (papermill's mark)."""
+    return "parameters" in cell.get("metadata", {}).get("tags", [])
+
+
 def parameter_names(notebook: Path) -> set[str]:
     """The names assigned in the notebook's cell tagged ``parameters``."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tagged = [c for c in cells if is_parameters_cell(c)]
     names = set()
     for cell in tagged:
         for node in ast.walk(ast.parse("".join(cell["source"]))):
@@ -122,9 +127,9 @@ def run_plain(notebook: Path, parameters: dict, report: Path) -> None:
     namespace: dict = {"__name__": "__main__"}
     os.chdir(notebook.parent)
     sys.path.insert(0, str(notebook.parent))
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", [])]
-    set_after = tagged[0] if tagged else -1
-    if set_after < 0:
+    # the code cell (numbered from 1) after which the parameters are set; 0: before the first
+    set_after = next((n for n, c in enumerate(cells, start=1) if is_parameters_cell(c)), 0)
+    if set_after == 0:
         namespace.update(parameters)
     for number, cell in enumerate(cells, start=1):
         where = f"{notebook.name} [code cell {number}, id {cell.get('id', '-')}]"
@@ -137,7 +142,7 @@ def run_plain(notebook: Path, parameters: dict, report: Path) -> None:
             message = (str(error).strip().splitlines() or [""])[0]
             report.write_text(f"{where}: {type(error).__name__}: {message}", encoding="utf-8")
             raise SystemExit(1) from None
-        if number - 1 == set_after:
+        if number == set_after:
             namespace.update(parameters)
         plt.close("all")
 
