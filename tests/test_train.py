@@ -249,6 +249,36 @@ def test_token_dropping_stops_at_its_share_of_the_run(data, monkeypatch):
         train(replace(MODEL, token_drop=0.0), config(None, token_drop_until=0.5), data)
 
 
+def test_repeated_augmentation_puts_each_image_in_a_batch_several_times(data, monkeypatch):
+    raw, seen = [], []  # each step's images before and after augmentation
+    real_train_step, real_plain_step = train_module._Run._train_step, train_module._Run._plain_step
+
+    def train_step(self, images, labels):
+        raw.append(images.clone())
+        return real_train_step(self, images, labels)
+
+    def plain_step(self, inputs, targets):
+        seen.append(inputs.clone())
+        return real_plain_step(self, inputs, targets)
+
+    monkeypatch.setattr(train_module._Run, "_train_step", train_step)
+    monkeypatch.setattr(train_module._Run, "_plain_step", plain_step)
+    history = train(MODEL, config(None, epochs=1, repeat_aug=4), data)  # 25 steps of 16
+    assert history.stop_reason == "epochs" and len(raw) == 25
+    for images, inputs in zip(raw, seen, strict=True):
+        groups = images.view(4, 4, *images.shape[1:])  # 4 images, each 4 times in a row
+        assert (groups == groups[:, :1]).all()
+        assert len({bytes(g[0].flatten().tolist()) for g in groups}) == 4
+        copies = inputs.view(4, 4, -1)  # each copy is augmented on its own
+        assert not torch.equal(copies[:, 0], copies[:, 1])
+    distinct = {bytes(img.flatten().tolist()) for images in raw for img in images}
+    assert len(distinct) == 100  # the epoch keeps its 400 places: a quarter of the images
+    with pytest.raises(ValueError, match="batch_size 16 must be a multiple of repeat_aug 3"):
+        config(None, repeat_aug=3)
+    with pytest.raises(ValueError, match="repeat_aug must be at least 1"):
+        config(None, repeat_aug=0)
+
+
 def test_no_out_dir_writes_nothing(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     history = train(MODEL, config(None, epochs=1), data)

@@ -46,7 +46,7 @@ RECIPE_FLAGS = {  # TrainConfig fields
     "grad_clip": "grad_clip", "ema_decay": "ema_decay", "precision": "precision",
     "compile": "compile", "compile_mode": "compile_mode", "fast_step": "fast_step",
     "attention": "attention", "val_size": "val_size", "eval_every": "eval_every",
-    "token_drop_until": "token_drop_until",
+    "token_drop_until": "token_drop_until", "repeat_aug": "repeat_aug",
 }
 AUGMENT_FLAGS = {  # AugmentConfig fields
     "crop_padding": "crop_padding", "flip": "flip", "trivial_augment": "num_ops",
@@ -103,6 +103,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix alpha (0 = off)")
     aug.add_argument("--mix-prob", type=float, help="chance an image is mixed")
     aug.add_argument("--erase", type=float, metavar="PROB", help="random erasing probability")
+    aug.add_argument("--repeat-aug", type=int, metavar="N",
+                     help="repeated augmentation: each image N times per batch (1 = off)")
 
 
 def apply_recipe_flags(

@@ -64,6 +64,8 @@ class TrainConfig:
     token_drop_until: float = 1.0  # a ViT with token_drop drops tokens for this share of the
     # run (by the schedule's progress), then trains on all of them
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # on-device augmentation
+    repeat_aug: int = 1  # repeated augmentation: a batch holds batch_size / repeat_aug images,
+    # each augmented repeat_aug times; an epoch keeps its steps, so it sees 1/repeat_aug of them
     precision: str = "auto"  # "auto": bf16 on GPUs with it, else fp16; fp32 on CPU
     compile: bool = False  # torch.compile the model (faster GPU steps after a slow first one)
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs
@@ -86,9 +88,13 @@ class TrainConfig:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
-        for name in ("epochs", "batch_size", "eval_every"):
+        for name in ("epochs", "batch_size", "eval_every", "repeat_aug"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size % self.repeat_aug != 0:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of repeat_aug "
+                             f"{self.repeat_aug}, so that every batch holds whole groups of "
+                             "copies; change one of them")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.warmup_epochs < 0:
@@ -650,9 +656,14 @@ class _Run:
     # --- the loop ---
 
     def _permutation(self) -> Tensor:
-        """This epoch's order of the training images: the same in every process."""
+        """This epoch's order of the training images: the same in every process. With
+        ``repeat_aug`` r, each image of the first n/r of a shuffle appears r times in a row."""
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
-        return torch.randperm(len(self.labels), generator=generator).to(self.proc.device)
+        n, r = len(self.labels), self.config.repeat_aug
+        order = torch.randperm(n, generator=generator)
+        if r > 1:
+            order = order[:-(-n // r)].repeat_interleave(r)[:n]
+        return order.to(self.proc.device)
 
     def _progress(self) -> float:
         """The finished fraction of the run: by steps, or by time with a time budget."""
@@ -930,6 +941,7 @@ class _Run:
             device = (f"CPU, {n} thread{'s' * (n > 1)}" if self.threads is None else
                       f"CPU, 1 or {n} threads (the faster, per epoch)")
         budget = f", time budget {_minutes(c.time_budget_s)}" if c.time_budget_s else ""
+        repeats = f" ({c.batch_size // c.repeat_aug} images × {c.repeat_aug})" * (c.repeat_aug > 1)
         procs = f" × {self.proc.world_size} processes" if self.proc.world_size > 1 else ""
         val = len(self.val) if self.val is not None else 0
         what = (f"ViT d={m.embed_dim} depth={m.depth} heads={m.num_heads} patch={m.patch_size}"
@@ -943,7 +955,7 @@ class _Run:
             f"{what} ({trainable / 1e6:.2f} M trainable parameters"
             f"{frozen_note}) on {device}{procs}, "
             f"{self.precision}\n{len(self.labels)} train / {val} val images, batch "
-            f"{c.batch_size}, lr {c.lr:g}, up to {c.epochs} epochs{budget}"
+            f"{c.batch_size}{repeats}, lr {c.lr:g}, up to {c.epochs} epochs{budget}"
         )
 
 
