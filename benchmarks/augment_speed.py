@@ -19,6 +19,7 @@ import time
 import torch
 
 from vitlib.augment import Augment, AugmentConfig
+from vitlib.bench import synchronize
 from vitlib.course import pick_device
 from vitlib.train import RECIPES
 
@@ -29,24 +30,19 @@ SETTINGS = {
 }
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def images_per_second(augment: Augment, images, labels, steps: int) -> tuple[float, float]:
     """(seconds of the first call, images/s over ``steps`` later calls)."""
     device = images.device
     started = time.perf_counter()
     augment(images, labels, 10)
-    sync(device)
+    synchronize(device)
     first = time.perf_counter() - started
     augment(images, labels, 10)
-    sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(steps):
         augment(images, labels, 10)
-    sync(device)
+    synchronize(device)
     return first, steps * len(images) / (time.perf_counter() - started)
 
 

@@ -72,9 +72,12 @@ class Row:
 # --- measuring --------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has run the work queued so far (GPU calls return before it runs)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def time_steps(
@@ -85,14 +88,14 @@ def time_steps(
     started = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - started
     windows = []
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(steps):
             step()
-        _sync(device)
+        synchronize(device)
         windows.append((time.perf_counter() - started) / steps)
     return warmup_s, windows
 
@@ -236,11 +239,11 @@ def profile_steps(step: Callable[[], object], device: torch.device, steps: int) 
     on_cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities) as prof:
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(steps):
             step()
-        _sync(device)
+        synchronize(device)
         wall_s = time.perf_counter() - started
     wanted = torch.autograd.DeviceType.CUDA if on_cuda else torch.autograd.DeviceType.CPU
     # kernels, copies and fills; not the spans of code that are marked on the device's
