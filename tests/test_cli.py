@@ -56,7 +56,8 @@ def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
 def test_named_recipe_with_flags_on_top(tmp_path, capsys):
     args = [*SMOKE, "--recipe", "cifar_fast", "--precision", "fp32", "--out", str(tmp_path),
             "--token-drop", "0.5", "--token-drop-until", "0.6", "--erase", "0.25",
-            "--attn-init", "mimetic", "--pos-embed", "sincos", "--repeat-aug", "2"]
+            "--attn-init", "mimetic", "--pos-embed", "sincos", "--repeat-aug", "2",
+            "--whiten-patches"]
     assert main(args) == 0
     assert "test acc" in capsys.readouterr().out
     state = load_checkpoint(tmp_path)
@@ -64,7 +65,7 @@ def test_named_recipe_with_flags_on_top(tmp_path, capsys):
     assert config["fast_step"] and config["batch_size"] == 64  # the recipe, then --smoke
     assert config["augment"]["mixup_alpha"] == 0.8 and not config["compile"]
     assert config["augment"]["erase_prob"] == 0.25 and config["token_drop_until"] == 0.6
-    assert config["repeat_aug"] == 2
+    assert config["repeat_aug"] == 2 and config["whiten_patches"]
     assert state["model_config"]["token_drop"] == 0.5
     assert state["model_config"]["attn_init"] == "mimetic"
     assert state["model_config"]["pos_embed"] == "sincos"

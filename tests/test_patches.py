@@ -34,3 +34,30 @@ def test_bad_images_are_explained():
         embed(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="do not fill"):
         unpatchify(torch.randn(1, 5, 48), 4, (2, 2))
+
+
+def test_whitened_patch_embedding_decorrelates_the_patches():
+    torch.manual_seed(0)
+    # images whose patches are strongly correlated: smooth, and colour channels alike
+    base = torch.nn.functional.interpolate(torch.randn(256, 1, 4, 4), size=16, mode="bilinear")
+    images = base.expand(-1, 3, -1, -1) + 0.1 * torch.randn(256, 3, 16, 16)
+    embed = PatchEmbed(patch_size=2, in_chans=3, embed_dim=20)  # 12 numbers per patch
+    before = embed.proj.weight.detach().clone()
+    patches = patchify(images, 2).flatten(0, 1)  # (B·N, 12)
+    spread = (patches @ before.flatten(1).T).std()
+    assert embed.whiten_(images, eps=1e-6) is embed
+    out = (patches @ embed.proj.weight.detach().flatten(1).T).double()
+    cov = torch.cov(out[:, :12].T)  # the 12 whitened outputs
+    assert torch.allclose(cov, spread.double() ** 2 * torch.eye(12, dtype=torch.double),
+                          atol=1e-3 * spread.item() ** 2)
+    assert torch.equal(embed.proj.weight[12:], before[12:])  # the rest keep their weights
+    # the first output follows the direction of largest variance: the patch's mean brightness
+    mean_brightness = patches.mean(1)
+    assert abs(torch.corrcoef(torch.stack([out[:, 0].float(), mean_brightness]))[0, 1]) > 0.95
+    # eps damps directions of little variance: their outputs shrink, the big ones do not
+    damped = PatchEmbed(patch_size=2, in_chans=3, embed_dim=20)
+    damped.proj.weight.data.copy_(before)
+    damped.whiten_(images, eps=1.0)
+    out_damped = patches @ damped.proj.weight.detach().flatten(1).T
+    assert out_damped[:, 11].std() < 0.5 * out[:, 11].std()
+    assert out_damped[:, 0].std().item() == pytest.approx(out[:, 0].std().item(), rel=0.1)

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from vitlib import train as train_module
-from vitlib.augment import Augment, AugmentConfig
+from vitlib.augment import Augment, AugmentConfig, normalize
 from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from vitlib.data import Split, load_cifar10, synthetic_cifar
 from vitlib.model import ViT, ViTConfig, get_config
+from vitlib.patches import PatchEmbed
 from vitlib.train import (
     History,
     TrainConfig,
@@ -277,6 +278,32 @@ def test_repeated_augmentation_puts_each_image_in_a_batch_several_times(data, mo
         config(None, repeat_aug=3)
     with pytest.raises(ValueError, match="repeat_aug must be at least 1"):
         config(None, repeat_aug=0)
+
+
+def test_whitened_patches_start_from_a_random_sample_before_the_ema_copy(data, monkeypatch):
+    calls = []
+    real_whiten = PatchEmbed.whiten_
+
+    def whiten_(self, images, eps=1e-2):
+        calls.append(images)
+        return real_whiten(self, images, eps)
+
+    monkeypatch.setattr(PatchEmbed, "whiten_", whiten_)
+    monkeypatch.setattr(train_module, "WHITEN_IMAGES", 200)
+    model = ViT(MODEL)
+    start = model.patch_embed.proj.weight.detach().clone()
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(model, config(None, whiten_patches=True), data, one)
+    (images,) = calls
+    assert images.shape == (200, 3, 32, 32) and images.dtype == torch.float32
+    assert not torch.equal(images[:1], normalize(run.images[:1]))  # a shuffled sample
+    assert torch.allclose(images.mean(), normalize(run.images).mean(), atol=0.1)  # normalised
+    assert not torch.equal(model.patch_embed.proj.weight, start)
+    assert torch.equal(run.ema.patch_embed.proj.weight, model.patch_embed.proj.weight)
+    cnn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    with pytest.raises(ValueError, match="whiten_patches starts a vitlib ViT's.*Sequential"):
+        train(cnn, config(None, whiten_patches=True), data)
 
 
 def test_no_out_dir_writes_nothing(data, tmp_path, monkeypatch):

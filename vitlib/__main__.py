@@ -47,6 +47,7 @@ RECIPE_FLAGS = {  # TrainConfig fields
     "compile": "compile", "compile_mode": "compile_mode", "fast_step": "fast_step",
     "attention": "attention", "val_size": "val_size", "eval_every": "eval_every",
     "token_drop_until": "token_drop_until", "repeat_aug": "repeat_aug",
+    "whiten_patches": "whiten_patches",
 }
 AUGMENT_FLAGS = {  # AugmentConfig fields
     "crop_padding": "crop_padding", "flip": "flip", "trivial_augment": "num_ops",
@@ -73,6 +74,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                    help="attention weights at the start (mimetic: Q·Kᵀ ≈ I, V·O ≈ −I)")
     p.add_argument("--pos-embed", choices=POS_EMBEDS,
                    help="position embedding: a trained table or fixed 2-D sin-cos")
+    p.add_argument("--whiten-patches", action=argparse.BooleanOptionalAction,
+                   help="start the patch embedding from the whitened patches of the data")
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")

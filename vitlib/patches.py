@@ -75,6 +75,23 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
     @torch.no_grad()
+    def whiten_(self, images: Tensor, eps: float = 1e-2) -> PatchEmbed:
+        """Start from the whitened principal directions of the patches of ``images``
+        (normalised, (B, C, H, W)): output k is a patch's coordinate along the k-th direction
+        of largest variance, divided by √(variance + eps), so those outputs are uncorrelated and
+        of about equal spread (eps keeps the near-constant directions small). They are scaled
+        to the spread of the current weights' outputs; outputs beyond C·p·p keep their
+        weights, and so does the bias. A data-dependent start, for short training runs."""
+        patches = patchify(images.double(), self.patch_size).flatten(0, 1)  # (B·N, C·p·p)
+        weight = self.proj.weight.flatten(1)  # (D, C·p·p)
+        spread = (patches @ weight.double().T).std()  # of the outputs of the current weights
+        variance, directions = torch.linalg.eigh(torch.cov(patches.T))  # ascending variance
+        filters = (directions / (variance.clamp(min=0) + eps).sqrt()).T.flip(0)  # (C·p·p, C·p·p)
+        k = min(len(weight), len(filters))
+        self.proj.weight[:k] = (spread * filters[:k]).view_as(self.proj.weight[:k])
+        return self
+
+    @torch.no_grad()
     def as_linear(self) -> nn.Linear:
         """The equivalent ``nn.Linear(C·p·p, embed_dim)`` acting on ``patchify(x, p)``."""
         w = self.proj.weight  # (D, C, p, p)

@@ -47,6 +47,7 @@ from .model import ViT, ViTConfig, config_dict, count_parameters, get_config
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SYNC_EVERY = 10  # steps between checks of the loss, the clock and Ctrl-C (one sync each)
 COMPILE_STEPS = 3  # with compile: the first steps of a run compile (and record CUDA graphs)
+WHITEN_IMAGES = 5000  # training images whose patches set the whitened patch embedding
 
 
 @dataclass
@@ -64,6 +65,8 @@ class TrainConfig:
     token_drop_until: float = 1.0  # a ViT with token_drop drops tokens for this share of the
     # run (by the schedule's progress), then trains on all of them
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # on-device augmentation
+    whiten_patches: bool = False  # start a ViT's patch embedding from the whitened principal
+    # directions of the training images' patches (PatchEmbed.whiten_; not on resuming)
     repeat_aug: int = 1  # repeated augmentation: a batch holds batch_size / repeat_aug images,
     # each augmented repeat_aug times; an epoch keeps its steps, so it sees 1/repeat_aug of them
     precision: str = "auto"  # "auto": bf16 on GPUs with it, else fp16; fp32 on CPU
@@ -503,6 +506,14 @@ class _Run:
                 "(e.g. --token-drop 0.5), or leave token_drop_until at 1"
             )
         self.model = model.to(device)
+        if config.whiten_patches:
+            if not isinstance(model, ViT):
+                raise ValueError(f"whiten_patches starts a vitlib ViT's patch embedding, and this "
+                                 f"model is a {type(model).__name__}; set it to False")
+            generator = torch.Generator().manual_seed(config.seed)  # the same in every process
+            pick = torch.randperm(len(self.labels), generator=generator)[:WHITEN_IMAGES]
+            sample = self.images[pick.to(device)]  # (n, 3, H, W) uint8, all classes
+            model.patch_embed.whiten_(normalize(sample, CIFAR10_MEAN, CIFAR10_STD))
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
