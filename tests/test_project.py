@@ -1,7 +1,9 @@
-"""Project hygiene: packaging files agree, notebooks are committed clean."""
+"""Project hygiene: packaging files agree, notebooks are committed clean, no data committed."""
 
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -15,6 +17,17 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_no_data_or_large_file_is_committed():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True,
+                             capture_output=True).stdout.decode().split("\0")
+    data_like = [f for f in tracked if f.endswith((".pt", ".pth", ".npz", ".tar.gz", ".jpg"))]
+    assert not data_like, f"data or weights are committed: {data_like}; git rm --cached them"
+    large = [f for f in tracked if f and (ROOT / f).is_file() and (ROOT / f).stat().st_size > 2**20]
+    assert not large, f"files over 1 MB are committed: {large}"
 
 
 def test_environment_yml_agrees_with_pyproject():
