@@ -61,3 +61,5 @@ def test_whitened_patch_embedding_decorrelates_the_patches():
     out_damped = patches @ damped.proj.weight.detach().flatten(1).T
     assert out_damped[:, 11].std() < 0.5 * out[:, 11].std()
     assert out_damped[:, 0].std().item() == pytest.approx(out[:, 0].std().item(), rel=0.1)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        damped.whiten_(images, eps=0.0)

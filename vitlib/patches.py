@@ -79,16 +79,23 @@ class PatchEmbed(nn.Module):
         """Start from the whitened principal directions of the patches of ``images``
         (normalised, (B, C, H, W)): output k is a patch's coordinate along the k-th direction
         of largest variance, divided by √(variance + eps), so those outputs are uncorrelated and
-        of about equal spread (eps keeps the near-constant directions small). They are scaled
-        to the spread of the current weights' outputs; outputs beyond C·p·p keep their
-        weights, and so does the bias. A data-dependent start, for short training runs."""
-        patches = patchify(images.double(), self.patch_size).flatten(0, 1)  # (B·N, C·p·p)
-        weight = self.proj.weight.flatten(1)  # (D, C·p·p)
-        spread = (patches @ weight.double().T).std()  # of the outputs of the current weights
+        of about equal spread (eps > 0 keeps the near-constant directions small). They are
+        scaled to the spread of the current weights' outputs, so calling it again gives the
+        same directions at a smaller scale; outputs beyond C·p·p keep their weights, and so does
+        the bias. A data-dependent start, for short training runs."""
+        if eps <= 0:
+            raise ValueError(f"eps must be positive (it keeps directions without variance "
+                             f"finite), got {eps}; 1e-2 suits normalised images")
+        weight = self.proj.weight  # (D, C, p, p)
+        # in float64 on the CPU: small eigenvalues need the precision, and not every device has it
+        patches = patchify(images.detach().to("cpu", torch.float64), self.patch_size)
+        patches = patches.flatten(0, 1)  # (B·N, C·p·p)
+        current = weight.detach().to("cpu", torch.float64).flatten(1)  # (D, C·p·p)
+        spread = (patches @ current.T).std()  # of the outputs of the current weights
         variance, directions = torch.linalg.eigh(torch.cov(patches.T))  # ascending variance
         filters = (directions / (variance.clamp(min=0) + eps).sqrt()).T.flip(0)  # (C·p·p, C·p·p)
-        k = min(len(weight), len(filters))
-        self.proj.weight[:k] = (spread * filters[:k]).view_as(self.proj.weight[:k])
+        k = min(len(current), len(filters))
+        weight[:k] = (spread * filters[:k]).view_as(weight[:k]).to(weight)
         return self
 
     @torch.no_grad()
