@@ -386,8 +386,9 @@ def test_named_recipes():
     short = train_module.get_recipe("cifar_fast_30")[1]
     assert short.time_budget_s == 30 and not short.augment.mixing and short.ema_decay == 0.998
     assert train_module.recipe("cpu") == train_module.get_recipe("cpu")
-    cpu_model, _ = train_module.get_recipe("cpu")  # the CPU recipe drops half of the tokens
+    cpu_model, cpu = train_module.get_recipe("cpu")  # the CPU recipe drops half of the tokens
     assert cpu_model == get_config("vit_cifar_cpu", token_drop=0.5)
+    assert cpu.whiten_patches and not train_module.get_recipe("cifar_fast")[1].whiten_patches
     with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose one of"):
         train_module.get_recipe("fastest")
 
