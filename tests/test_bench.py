@@ -380,7 +380,7 @@ def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkey
             return events
 
     monkeypatch.setattr(torch.profiler, "profile", Profile)
-    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    monkeypatch.setattr(bench, "synchronize", lambda device: None)
     p = bench.profile_steps(lambda: None, torch.device("cuda"), steps=1)
     assert p["busy_ms"] == pytest.approx(0.19)  # 100 + 50 + 40 µs
     assert p["kernels"] == 3
