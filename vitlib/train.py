@@ -510,10 +510,10 @@ class _Run:
             if not isinstance(model, ViT):
                 raise ValueError(f"whiten_patches starts a vitlib ViT's patch embedding, and this "
                                  f"model is a {type(model).__name__}; set it to False")
-            generator = torch.Generator().manual_seed(config.seed)  # the same in every process
-            pick = torch.randperm(len(self.labels), generator=generator)[:WHITEN_IMAGES]
-            sample = self.images[pick.to(device)]  # (n, 3, H, W) uint8, all classes
-            model.patch_embed.whiten_(normalize(sample, CIFAR10_MEAN, CIFAR10_STD))
+            # a seeded draw (the same in every process, all classes), (n, 3, H, W) uint8
+            sample = train_split.subset(min(WHITEN_IMAGES, len(train_split)), seed=config.seed)
+            model.patch_embed.whiten_(normalize(sample.images.to(device), CIFAR10_MEAN,
+                                                CIFAR10_STD))
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
