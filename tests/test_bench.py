@@ -478,11 +478,11 @@ def test_time_to_accuracy_takes_the_train_commands_recipe_flags(script):
     model, config = script.settings(script.build_parser().parse_args(
         ["--recipe", "cifar_fast_30", "--drop-path", "0.1", "--batch-size", "512", "--lr",
          "1e-3", "--erase", "0.25", "--eval-every", "7", "--repeat-aug", "2",
-         "--whiten-patches"]))
+         "--whiten-patches", "--optimizer", "muon"]))
     assert model.drop_path == 0.1 and config.batch_size == 512 and config.lr == 1e-3
     assert config.augment.erase_prob == 0.25 and config.augment.num_ops == 1  # the rest kept
     assert config.eval_every == 7 and config.time_budget_s == 30  # a given flag wins
-    assert config.repeat_aug == 2 and config.whiten_patches
+    assert config.repeat_aug == 2 and config.whiten_patches and config.optimizer == "muon"
 
 
 class _FakeClock:

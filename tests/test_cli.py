@@ -57,7 +57,7 @@ def test_named_recipe_with_flags_on_top(tmp_path, capsys):
     args = [*SMOKE, "--recipe", "cifar_fast", "--precision", "fp32", "--out", str(tmp_path),
             "--token-drop", "0.5", "--token-drop-until", "0.6", "--erase", "0.25",
             "--attn-init", "mimetic", "--pos-embed", "sincos", "--repeat-aug", "2",
-            "--whiten-patches"]
+            "--whiten-patches", "--optimizer", "muon", "--muon-lr-ratio", "2"]
     assert main(args) == 0
     assert "test acc" in capsys.readouterr().out
     state = load_checkpoint(tmp_path)
@@ -66,6 +66,9 @@ def test_named_recipe_with_flags_on_top(tmp_path, capsys):
     assert config["augment"]["mixup_alpha"] == 0.8 and not config["compile"]
     assert config["augment"]["erase_prob"] == 0.25 and config["token_drop_until"] == 0.6
     assert config["repeat_aug"] == 2 and config["whiten_patches"]
+    assert config["optimizer"] == "muon" and config["muon_lr_ratio"] == 2
+    # and the checkpoint holds Muon's momentum
+    assert any("momentum_buffer" in s for s in state["optimizer"]["state"].values())
     assert state["model_config"]["token_drop"] == 0.5
     assert state["model_config"]["attn_init"] == "mimetic"
     assert state["model_config"]["pos_embed"] == "sincos"

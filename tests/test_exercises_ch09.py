@@ -7,6 +7,7 @@ import torch
 
 from vitlib import flops_per_image, get_config
 from vitlib.exercises import ch09
+from vitlib.muon import orthogonalize
 
 
 def passes(result) -> bool:
@@ -128,3 +129,49 @@ def test_reference_loss_scale_fits_and_doubling_does_not():
         assert torch.isfinite((grads.double() * scale).half()).all()
         assert grads.abs().max().item() * 2 * scale > 65504
         assert math.log2(scale) == int(math.log2(scale))
+
+
+# --- Newton–Schulz on singular values ------------------------------------------------------
+
+
+def newton_schulz_values_right(values, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    for _ in range(steps):
+        values = a * values + b * values**3 + c * values**5
+    return values
+
+
+def newton_schulz_values_one_step_short(values, steps):
+    return newton_schulz_values_right(values, steps - 1)
+
+
+def newton_schulz_values_wrong_powers(values, steps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    for _ in range(steps):
+        values = a * values + b * values**2 + c * values**3
+    return values
+
+
+def newton_schulz_values_sorted(values, steps):
+    return newton_schulz_values_right(values, steps).sort(descending=True).values
+
+
+@pytest.mark.parametrize("wrong", [newton_schulz_values_one_step_short,
+                                   newton_schulz_values_wrong_powers,
+                                   newton_schulz_values_sorted])
+def test_newton_schulz_values(wrong):
+    assert passes(ch09.check_newton_schulz_values(newton_schulz_values_right, quiet=True))
+    assert fails_with_hint(ch09.check_newton_schulz_values(wrong, quiet=True))
+
+
+def test_reference_newton_schulz_values_are_those_of_orthogonalize():
+    # a matrix U·diag(s)·Vᵀ with ‖s‖ = 1: orthogonalize's own normalisation leaves it as it is
+    values = torch.tensor([0.8, 0.5, 0.3, 0.1, 0.01]).double()
+    values = values / values.norm()
+    u, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(9, 5, dtype=torch.float64))
+    matrix = u @ torch.diag(values) @ v.T  # (5, 9)
+    for steps in (1, 3, 5):
+        got = torch.linalg.svdvals(orthogonalize(matrix, steps, dtype=torch.float64))
+        want = ch09.reference_newton_schulz_values(values, steps).sort(descending=True).values
+        assert torch.allclose(got, want, atol=1e-9)

@@ -385,10 +385,15 @@ def test_named_recipes():
     assert train_module.get_recipe("cifar_fast")[1].augment.num_ops == 1
     short = train_module.get_recipe("cifar_fast_30")[1]
     assert short.time_budget_s == 30 and not short.augment.mixing and short.ema_decay == 0.998
+    # Muon for the block matrices: twice the lr in the long GPU recipes, the default 4 here
+    assert (fast.optimizer, fast.muon_lr_ratio) == ("muon", 2.0)
+    assert (short.optimizer, short.muon_lr_ratio) == ("muon", 4.0)
+    assert train_module.get_recipe("gpu")[1].optimizer == "muon"
     assert train_module.recipe("cpu") == train_module.get_recipe("cpu")
     cpu_model, cpu = train_module.get_recipe("cpu")  # the CPU recipe drops half of the tokens
     assert cpu_model == get_config("vit_cifar_cpu", token_drop=0.5)
     assert cpu.whiten_patches and not train_module.get_recipe("cifar_fast")[1].whiten_patches
+    assert cpu.optimizer == "muon" and cpu.muon_lr_ratio == 4.0
     with pytest.raises(ValueError, match="unknown recipe 'fastest'; choose one of"):
         train_module.get_recipe("fastest")
 

@@ -23,7 +23,7 @@ import torch
 
 from .fast import ATTENTION_BACKENDS, COMPILE_MODES
 from .model import ATTN_INITS, POS_EMBEDS, PRESETS, ViTConfig, get_config
-from .train import PRECISIONS, RECIPES, TrainConfig, pick_device
+from .train import OPTIMIZERS, PRECISIONS, RECIPES, TrainConfig, pick_device
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
@@ -47,7 +47,8 @@ RECIPE_FLAGS = {  # TrainConfig fields
     "compile": "compile", "compile_mode": "compile_mode", "fast_step": "fast_step",
     "attention": "attention", "val_size": "val_size", "eval_every": "eval_every",
     "token_drop_until": "token_drop_until", "repeat_aug": "repeat_aug",
-    "whiten_patches": "whiten_patches",
+    "whiten_patches": "whiten_patches", "optimizer": "optimizer",
+    "muon_lr_ratio": "muon_lr_ratio",
 }
 AUGMENT_FLAGS = {  # AugmentConfig fields
     "crop_padding": "crop_padding", "flip": "flip", "trivial_augment": "num_ops",
@@ -79,7 +80,11 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW's)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="adamw, or muon: Muon for the blocks' weight matrices, AdamW for the rest")
+    p.add_argument("--muon-lr-ratio", type=float, metavar="RATIO",
+                   help="with --optimizer muon: the Muon matrices' lr as a multiple of --lr")
     p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
     p.add_argument("--min-lr-ratio", type=float, help="final lr as a fraction of the peak")
     p.add_argument("--label-smoothing", type=float, help="label smoothing")

@@ -405,8 +405,9 @@ def trainer_row(config: ViTConfig, split: Split, device: torch.device,
     warmup, *timed = history.epochs
     windows = [args.batch_size / record["images_per_s"] for record in timed]  # s per step
     warmup_s = history.compile_s + warmup["train_time_s"]
-    return _row("trainer", f"vitlib.train.train, recipe cifar_fast with crop+flip, compile="
-                f"{compile_mode}", args.batch_size, warmup_s, windows, attention=attention)
+    return _row("trainer", f"vitlib.train.train, recipe cifar_fast with crop+flip, "
+                f"{recipe.optimizer}, compile={compile_mode}", args.batch_size, warmup_s,
+                windows, attention=attention)
 
 
 def timm_model(config: ViTConfig) -> nn.Module:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from vitlib.fast import update_ema
 from vitlib.model import ViTConfig, flops_per_image, get_config
+from vitlib.muon import NEWTON_SCHULZ
 
 from .checking import CheckResult, check
 from .compare import tensor_problem
@@ -134,5 +135,43 @@ def check_loss_scale(loss_scale: Callable[[Tensor], float], quiet: bool = False)
         "only the largest gradient can overflow: S must satisfy max|g|·S ≤ 65504 "
         "(torch.finfo(torch.float16).max, not bfloat16's). Take the largest k with "
         "2^k ≤ 65504 / max|g| (math.floor of math.log2) and return 2.0**k; k may be negative",
+        quiet,
+    )
+
+
+def reference_newton_schulz_values(values: Tensor, steps: int) -> Tensor:
+    """Where ``steps`` Newton–Schulz steps of ``vitlib.muon`` take singular values ``values``
+    of a matrix already divided by its Frobenius norm: s -> a·s + b·s³ + c·s⁵, repeated."""
+    a, b, c = NEWTON_SCHULZ
+    s = values.double()
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return s.to(values.dtype)
+
+
+def check_newton_schulz_values(newton_schulz_values: Callable[[Tensor, int], Tensor],
+                               quiet: bool = False) -> CheckResult:
+    """``newton_schulz_values(values, steps) -> Tensor``: the singular values after ``steps``
+    Newton–Schulz steps, each in the place of the value it came from."""
+
+    def test() -> str | None:
+        cases = [(torch.tensor([1.0, 0.5, 0.1]), 1), (torch.tensor([0.9, 1e-3]), 5),
+                 (torch.rand(random.randint(4, 12)), random.randint(2, 8)),
+                 (torch.tensor([0.0, 0.3]), 3)]
+        for values, steps in cases:
+            got = newton_schulz_values(values.clone(), steps)
+            problem = tensor_problem(f"newton_schulz_values({values.tolist()}, steps={steps})",
+                                     got, reference_newton_schulz_values(values, steps),
+                                     atol=1e-4)
+            if problem:
+                return problem
+        return None
+
+    return check(
+        "newton_schulz_values", test,
+        f"each step maps every singular value s to a·s + b·s³ + c·s⁵ with (a, b, c) = "
+        f"{NEWTON_SCHULZ}; apply it `steps` times, value by value (a loop, or tensor "
+        "arithmetic on all of them at once). The singular vectors do not change, so no "
+        "matrix is needed",
         quiet,
     )

@@ -1,0 +1,195 @@
+"""Muon for the block matrices, AdamW for the rest: the orthogonalization, both update rules,
+checkpoints, and the trainer's use of it."""
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from vitlib import train as train_module
+from vitlib.augment import AugmentConfig
+from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from vitlib.cnn import create_model
+from vitlib.data import synthetic_cifar
+from vitlib.model import ViT, ViTConfig
+from vitlib.muon import RMS_MATCH, MuonAdamW, orthogonalize
+from vitlib.train import TrainConfig, make_optimizer, train
+
+
+def random_matrices(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", [(64, 192), (192, 64), (48, 48), (3, 2, 32, 80)])
+def test_orthogonalize_keeps_the_singular_vectors_and_brings_the_values_near_one(shape):
+    g = random_matrices(*shape)
+    o = orthogonalize(g)
+    assert o.shape == g.shape and o.dtype == torch.float32  # float32 on a CPU
+    values = torch.linalg.svdvals(o)
+    assert values.min() > 0.6 and values.max() < 1.25  # the quintic's band, not exactly 1
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    polar = (u @ vh).flatten(-2)  # the exact U Vᵀ
+    assert torch.cosine_similarity(o.flatten(-2), polar, dim=-1).min() > 0.97
+    # a gradient's scale does not matter, only its directions
+    assert torch.allclose(orthogonalize(1e-4 * g), o, atol=1e-4)
+
+
+def test_orthogonalize_treats_each_matrix_of_a_stack_alone():
+    g = random_matrices(4, 32, 96)
+    alone = torch.stack([orthogonalize(m) for m in g])
+    assert torch.allclose(orthogonalize(g), alone, atol=1e-5)
+    assert orthogonalize(g, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"needs matrices \(\.\.\., m, n\), got shape \(5,\)"):
+        orthogonalize(torch.ones(5))
+
+
+def step_both(params_a, opt_a, params_b, opt_b, steps: int, seed: int = 1) -> None:
+    """Give both optimizers the same random gradients for ``steps`` steps."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for a, b in zip(params_a, params_b, strict=True):
+            g = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+
+
+def test_groups_without_muon_take_exactly_adamw_steps():
+    ours = [random_matrices(8, 5).requires_grad_(), random_matrices(5, seed=1).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    groups = lambda ps: [{"params": ps[:1], "weight_decay": 0.05},  # noqa: E731
+                         {"params": ps[1:], "weight_decay": 0.0, "lr": 3e-3}]
+    step_both(ours, MuonAdamW(groups(ours), lr=1e-2),
+              theirs, torch.optim.AdamW(groups(theirs), lr=1e-2), steps=6)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this PyTorch has no optim.Muon")
+def test_muon_groups_follow_pytorchs_muon_with_adamw_matched_steps():
+    # PyTorch's Muon orthogonalizes in bfloat16; ours in float32 on a CPU: equal within that
+    ours = [random_matrices(64, 192).requires_grad_(), random_matrices(192, 64).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    start = [p.detach().clone() for p in ours]
+    step_both(ours, MuonAdamW([{"params": ours, "muon": True}], lr=1e-2, weight_decay=0.05),
+              theirs, torch.optim.Muon(theirs, lr=1e-2, weight_decay=0.05,
+                                       adjust_lr_fn="match_rms_adamw"), steps=5)
+    for a, b, s in zip(ours, theirs, start, strict=True):
+        assert (a - b).norm() < 0.03 * (b - s).norm()
+
+
+def test_a_muon_step_has_the_size_of_an_adamw_step():
+    w = nn.Parameter(torch.zeros(96, 32))
+    w.grad = random_matrices(96, 32)
+    MuonAdamW([{"params": [w], "muon": True}], lr=1e-2).step()
+    # first step: the direction is the gradient itself, orthogonalized, times lr·0.2·√96
+    expected = -1e-2 * RMS_MATCH * math.sqrt(96) * orthogonalize(random_matrices(96, 32))
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+    rms = w.detach().pow(2).mean().sqrt().item()
+    assert 0.6 * RMS_MATCH * 1e-2 < rms < 1.25 * RMS_MATCH * 1e-2
+
+
+def test_a_checkpointed_optimizer_continues_exactly():
+    def make(params):
+        return MuonAdamW([{"params": params[:2], "muon": True, "weight_decay": 0.1},
+                          {"params": params[2:]}], lr=5e-3)
+
+    def run(params, opt, grads):
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+
+    shapes = [(16, 24), (24, 16), (16,)]
+    grads = [[random_matrices(*s, seed=10 * step + i) for i, s in enumerate(shapes)]
+             for step in range(5)]
+    straight = [nn.Parameter(random_matrices(*s, seed=i)) for i, s in enumerate(shapes)]
+    split = copy.deepcopy(straight)
+    run(straight, make(straight), grads)
+    first = make(split)
+    run(split, first, grads[:3])
+    again = make(split)
+    again.load_state_dict(copy.deepcopy(first.state_dict()))
+    run(split, again, grads[3:])
+    for a, b in zip(straight, split, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bad_groups_and_settings_are_explained():
+    with pytest.raises(ValueError, match=r"2-D weight matrices only.*shapes \[\(4,\)\].*"
+                                         r"muon=False \(AdamW\)"):
+        MuonAdamW([{"params": [nn.Parameter(torch.ones(4))], "muon": True}])
+    with pytest.raises(ValueError, match="lr must be positive"):
+        MuonAdamW([nn.Parameter(torch.ones(2, 2))], lr=0)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        MuonAdamW([nn.Parameter(torch.ones(2, 2))], momentum=1.0)
+
+
+def test_the_trainer_gives_muon_the_block_matrices_only():
+    model = ViT(ViTConfig(embed_dim=16, depth=2, num_heads=2, pool="cls"))
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", weight_decay=0.05,
+                                            muon_lr_ratio=1.0))
+    assert isinstance(opt, MuonAdamW)
+    muon = {id(p) for g in opt.param_groups if g["muon"] for p in g["params"]}
+    for name, param in model.named_parameters():
+        in_block = name.startswith("blocks.") and name.endswith("weight") and param.ndim == 2
+        assert (id(param) in muon) == in_block, name
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] for p in g["params"]}
+    assert muon < decay  # the block matrices keep their weight decay
+    assert "patch_embed.proj.weight" in {n for n, p in model.named_parameters()
+                                         if id(p) in decay - muon}
+    assert {g["lr_scale"] for g in opt.param_groups} == {1.0}
+    faster = make_optimizer(model, TrainConfig(optimizer="muon", muon_lr_ratio=2.0, lr=1e-3))
+    assert {(g["muon"], g["lr_scale"], g["lr"]) for g in faster.param_groups} == {
+        (True, 2.0, 2e-3), (False, 1.0, 1e-3)}
+    default = make_optimizer(model, TrainConfig(optimizer="muon"))
+    assert {(g["muon"], g["lr_scale"]) for g in default.param_groups} == {(True, 4.0),
+                                                                           (False, 1.0)}
+    assert isinstance(make_optimizer(model, TrainConfig()), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="steps a vitlib ViT's block matrices, got a ResNet"):
+        make_optimizer(create_model("resnet_cifar_cpu"), TrainConfig(optimizer="muon"))
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, muon, got 'sgd'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"muon_lr_ratio must be positive \(1 = the same lr"):
+        TrainConfig(optimizer="muon", muon_lr_ratio=0)
+
+
+class Crash(Exception):
+    """Stands in for a killed process."""
+
+
+def test_training_with_muon_learns_and_resumes_exactly(tmp_path, monkeypatch):
+    data = synthetic_cifar(n_train=288, n_test=64, seed=0)
+    model = ViTConfig(embed_dim=16, depth=2, num_heads=2, patch_size=8)
+    config = TrainConfig(
+        epochs=3, batch_size=32, lr=5e-3, warmup_epochs=0.5, val_size=32, optimizer="muon",
+        augment=AugmentConfig(crop_padding=0, flip=False), num_threads=1, device="cpu",
+        progress=False, quiet=True,
+    )
+    straight = train(model, replace(config, out_dir=str(tmp_path / "a")), data)
+    losses = [r["train_loss"] for r in straight.epochs]
+    assert losses[-1] < losses[0]
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_crash(state, path):
+        real_save(state, path)
+        raise Crash  # the process dies right after the first epoch's checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train(model, replace(config, out_dir=str(tmp_path / "b")), data)
+    monkeypatch.undo()
+    resumed = train(model, replace(config, out_dir=str(tmp_path / "b")), data,
+                    resume=tmp_path / "b")
+    assert [r["train_loss"] for r in resumed.epochs] == losses
+    a, b = (load_checkpoint(tmp_path / d / CHECKPOINT_NAME) for d in "ab")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    with pytest.raises(ValueError, match="trained with optimizer 'muon', this run asks for "
+                                         "'adamw'; resume with optimizer='muon'"):
+        train(model, replace(config, optimizer="adamw", out_dir=str(tmp_path / "c")), data,
+              resume=tmp_path / "b")

@@ -1,0 +1,135 @@
+"""Muon for a ViT's weight matrices, AdamW for everything else, in one optimizer.
+
+AdamW scales each weight's step by that weight's own gradient history. Muon (Jordan et al.,
+2024) treats a weight matrix as a whole: it keeps SGD momentum of the matrix's gradient and
+steps along the nearest *orthogonal* matrix to that momentum (the momentum's SVD U S Vᵀ with
+every singular value set to 1: U Vᵀ). Directions that the gradient barely touches then move as
+far as the dominant ones, which lets a large batch make more progress per step.
+
+A few Newton–Schulz iterations approximate U Vᵀ with matrix products only, so they run fast
+in bfloat16 on a GPU; matrices of one shape go through them together, as one batch. The step
+is scaled to the size of a typical AdamW step (Liu et al., 2025, "Muon is Scalable for LLM
+Training"), so the learning rate and weight decay tuned for AdamW carry over.
+
+Only the Transformer blocks' 2-D weights take Muon steps; the patch embedding, position
+embedding, head, norms and biases take AdamW steps, as in the published recipes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+# the quintic iteration's coefficients (Jordan et al., 2024): chosen to push small singular
+# values up fast, at the cost of leaving them near 1 (about 0.7-1.2) rather than exactly at 1
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+RMS_MATCH = 0.2  # a Muon step's root-mean-square size, about that of an AdamW step
+
+
+def orthogonalize(matrices: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
+    """Approximately U Vᵀ for each matrix U S Vᵀ of a stack (..., m, n): the same singular
+    vectors with the singular values brought near 1. Computed in ``dtype`` (default: bfloat16
+    on a GPU, float32 elsewhere); the result has that dtype."""
+    if matrices.ndim < 2:
+        raise ValueError(f"orthogonalize needs matrices (..., m, n), got shape "
+                         f"{tuple(matrices.shape)}")
+    if dtype is None:
+        dtype = torch.bfloat16 if matrices.is_cuda else torch.float32
+    shape = matrices.shape
+    x = matrices.to(dtype).reshape(-1, *shape[-2:])  # (B, m, n)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide side: X Xᵀ is then the smaller square
+        x = x.mT
+    # divide by the Frobenius norm: every singular value ≤ 1, where the iteration converges
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-7)
+    a, b, c = NEWTON_SCHULZ
+    for _ in range(steps):  # X <- (a + b·XXᵀ + c·(XXᵀ)²) X: each singular value s -> p(s)
+        gram = x @ x.mT  # (B, m, m), m ≤ n
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·G + c·G²
+        x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·G + c·G²)·X
+    return (x.mT if tall else x).reshape(shape)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon steps for the parameter groups with ``muon=True`` (2-D matrices only), AdamW steps
+    for the others. One optimizer, so a schedule that sets ``group["lr"]``, checkpoints
+    (``state_dict``) and gradient scaling treat it as any other.
+
+    Muon: momentum B ← μ·B + (1 − μ)·g; the Nesterov direction (1 − μ)·g + μ·B, orthogonalized,
+    is stepped by lr · 0.2 · √max(m, n); weight decay is decoupled (lr · weight_decay), as in
+    AdamW."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 momentum: float = 0.95, ns_steps: int = 5) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        defaults = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
+                        momentum=momentum, ns_steps=ns_steps, muon=False)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["muon"] and any(p.ndim != 2 for p in group["params"]):
+                shapes = [tuple(p.shape) for p in group["params"] if p.ndim != 2]
+                raise ValueError(f"Muon steps 2-D weight matrices only, but a muon=True group "
+                                 f"holds parameters of shapes {shapes}; put them in a group "
+                                 "with muon=False (AdamW)")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 (the base class's signature)
+        """One step for every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                (self._muon_step if group["muon"] else self._adamw_step)(group, params)
+        return loss
+
+    def _muon_step(self, group: dict, params: list[Tensor]) -> None:
+        lr, mu = group["lr"], group["momentum"]
+        grads = [p.grad for p in params]
+        bufs = [self._state(p, "momentum_buffer") for p in params]
+        torch._foreach_lerp_(bufs, grads, 1 - mu)
+        directions = torch._foreach_lerp(grads, bufs, mu)  # Nesterov
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        by_shape: dict[torch.Size, list[int]] = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault(p.shape, []).append(i)
+        for shape, idx in by_shape.items():
+            ortho = orthogonalize(torch.stack([directions[i] for i in idx]), group["ns_steps"])
+            scale = lr * RMS_MATCH * math.sqrt(max(shape))
+            torch._foreach_add_([params[i] for i in idx],
+                                list(ortho.to(params[idx[0]].dtype).unbind()), alpha=-scale)
+
+    def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        grads = [p.grad for p in params]
+        means = [self._state(p, "exp_avg") for p in params]
+        squares = [self._state(p, "exp_avg_sq") for p in params]
+        for p in params:
+            self.state[p]["step"] = self.state[p].get("step", 0) + 1
+        step = self.state[params[0]]["step"]  # a group's parameters step together
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_lerp_(means, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(squares)
+        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+        torch._foreach_add_(denominators, eps)
+        torch._foreach_addcdiv_(params, means, denominators, value=-lr / (1 - beta1 ** step))
+
+    def _state(self, p: Tensor, name: str) -> Tensor:
+        """The optimizer's buffer ``name`` for ``p``, zeros at first."""
+        state = self.state[p]
+        if name not in state:
+            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state[name]
