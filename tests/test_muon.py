@@ -41,7 +41,10 @@ def test_orthogonalize_treats_each_matrix_of_a_stack_alone():
     g = random_matrices(4, 32, 96)
     alone = torch.stack([orthogonalize(m) for m in g])
     assert torch.allclose(orthogonalize(g), alone, atol=1e-5)
-    assert orthogonalize(g, dtype=torch.bfloat16).dtype == torch.bfloat16
+    in_bf16 = orthogonalize(g, dtype=torch.bfloat16)  # what a GPU with native bfloat16 runs
+    assert in_bf16.dtype == torch.bfloat16
+    similarity = torch.cosine_similarity(in_bf16.float().flatten(1), orthogonalize(g).flatten(1))
+    assert similarity.min() > 0.99
     with pytest.raises(ValueError, match=r"needs matrices \(\.\.\., m, n\), got shape \(5,\)"):
         orthogonalize(torch.ones(5))
 
@@ -68,6 +71,23 @@ def test_groups_without_muon_take_exactly_adamw_steps():
         assert torch.equal(a, b)
 
 
+def test_a_parameter_without_a_gradient_keeps_its_own_adamw_step_count():
+    ours = [random_matrices(4, 3).requires_grad_(), random_matrices(3, seed=1).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt_ours = MuonAdamW(ours, lr=1e-2, weight_decay=0.05)
+    opt_theirs = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(4):
+        for a, b in zip(ours, theirs, strict=True):
+            g = torch.randn(a.shape, generator=gen)
+            frozen = step == 1 and a.ndim == 1  # the bias sits out the second step
+            a.grad, b.grad = (None, None) if frozen else (g.clone(), g.clone())
+        opt_ours.step()
+        opt_theirs.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this PyTorch has no optim.Muon")
 def test_muon_groups_follow_pytorchs_muon_with_adamw_matched_steps():
     # PyTorch's Muon orthogonalizes in bfloat16; ours in float32 on a CPU: equal within that
@@ -78,14 +98,15 @@ def test_muon_groups_follow_pytorchs_muon_with_adamw_matched_steps():
               theirs, torch.optim.Muon(theirs, lr=1e-2, weight_decay=0.05,
                                        adjust_lr_fn="match_rms_adamw"), steps=5)
     for a, b, s in zip(ours, theirs, start, strict=True):
-        assert (a - b).norm() < 0.03 * (b - s).norm()
+        assert (a - b).norm() < 0.015 * (b - s).norm()  # 0.8 % on torch 2.14
 
 
 def test_a_muon_step_has_the_size_of_an_adamw_step():
     w = nn.Parameter(torch.zeros(96, 32))
     w.grad = random_matrices(96, 32)
     MuonAdamW([{"params": [w], "muon": True}], lr=1e-2).step()
-    # first step: the direction is the gradient itself, orthogonalized, times lr·0.2·√96
+    # first step: the direction is a multiple of the gradient (the momentum holds only it);
+    # orthogonalized, the multiple drops out; then times lr·0.2·√96
     expected = -1e-2 * RMS_MATCH * math.sqrt(96) * orthogonalize(random_matrices(96, 32))
     assert torch.allclose(w.detach(), expected, atol=1e-6)
     rms = w.detach().pow(2).mean().sqrt().item()
@@ -192,4 +213,8 @@ def test_training_with_muon_learns_and_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="trained with optimizer 'muon', this run asks for "
                                          "'adamw'; resume with optimizer='muon'"):
         train(model, replace(config, optimizer="adamw", out_dir=str(tmp_path / "c")), data,
+              resume=tmp_path / "b")
+    with pytest.raises(ValueError, match="trained with muon_lr_ratio 4, this run asks for 2; "
+                                         "resume with the same ratio"):
+        train(model, replace(config, muon_lr_ratio=2.0, out_dir=str(tmp_path / "c")), data,
               resume=tmp_path / "b")

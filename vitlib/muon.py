@@ -9,7 +9,8 @@ far as the dominant ones, which lets a large batch make more progress per step.
 A few Newton–Schulz iterations approximate U Vᵀ with matrix products only, so they run fast
 in bfloat16 on a GPU; matrices of one shape go through them together, as one batch. The step
 is scaled to the size of a typical AdamW step (Liu et al., 2025, "Muon is Scalable for LLM
-Training"), so the learning rate and weight decay tuned for AdamW carry over.
+Training"), so the learning rate and weight decay tuned for AdamW carry over; a multiple of
+that learning rate often does better (``vitlib.train.TrainConfig.muon_lr_ratio``).
 
 Only the Transformer blocks' 2-D weights take Muon steps; the patch embedding, position
 embedding, head, norms and biases take AdamW steps, as in the published recipes.
@@ -32,12 +33,13 @@ RMS_MATCH = 0.2  # a Muon step's root-mean-square size, about that of an AdamW s
 def orthogonalize(matrices: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """Approximately U Vᵀ for each matrix U S Vᵀ of a stack (..., m, n): the same singular
     vectors with the singular values brought near 1. Computed in ``dtype`` (default: bfloat16
-    on a GPU, float32 elsewhere); the result has that dtype."""
+    on a GPU that has it natively, float32 elsewhere); the result has that dtype."""
     if matrices.ndim < 2:
         raise ValueError(f"orthogonalize needs matrices (..., m, n), got shape "
                          f"{tuple(matrices.shape)}")
     if dtype is None:
-        dtype = torch.bfloat16 if matrices.is_cuda else torch.float32
+        native_bf16 = matrices.is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = torch.bfloat16 if native_bf16 else torch.float32
     shape = matrices.shape
     x = matrices.to(dtype).reshape(-1, *shape[-2:])  # (B, m, n)
     tall = x.size(-2) > x.size(-1)
@@ -59,8 +61,8 @@ class MuonAdamW(torch.optim.Optimizer):
     (``state_dict``) and gradient scaling treat it as any other.
 
     Muon: momentum B ← μ·B + (1 − μ)·g; the Nesterov direction (1 − μ)·g + μ·B, orthogonalized,
-    is stepped by lr · 0.2 · √max(m, n); weight decay is decoupled (lr · weight_decay), as in
-    AdamW."""
+    is stepped by lr · 0.2 · √max(m, n). Weight decay is decoupled in both, as in AdamW: each
+    step multiplies the weights by 1 − lr · weight_decay, with the group's own lr."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -111,21 +113,23 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        grads = [p.grad for p in params]
-        means = [self._state(p, "exp_avg") for p in params]
-        squares = [self._state(p, "exp_avg_sq") for p in params]
-        for p in params:
+        by_step: dict[int, list[Tensor]] = {}  # each parameter counts its own steps, as in
+        for p in params:  # AdamW (one count, unless some went without a gradient)
             self.state[p]["step"] = self.state[p].get("step", 0) + 1
-        step = self.state[params[0]]["step"]  # a group's parameters step together
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-        torch._foreach_lerp_(means, grads, 1 - beta1)
-        torch._foreach_mul_(squares, beta2)
-        torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
-        denominators = torch._foreach_sqrt(squares)
-        torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
-        torch._foreach_add_(denominators, eps)
-        torch._foreach_addcdiv_(params, means, denominators, value=-lr / (1 - beta1 ** step))
+            by_step.setdefault(self.state[p]["step"], []).append(p)
+        for step, ps in by_step.items():
+            grads = [p.grad for p in ps]
+            means = [self._state(p, "exp_avg") for p in ps]
+            squares = [self._state(p, "exp_avg_sq") for p in ps]
+            if group["weight_decay"]:
+                torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
+            torch._foreach_lerp_(means, grads, 1 - beta1)
+            torch._foreach_mul_(squares, beta2)
+            torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(squares)
+            torch._foreach_div_(denominators, math.sqrt(1 - beta2 ** step))
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(ps, means, denominators, value=-lr / (1 - beta1 ** step))
 
     def _state(self, p: Tensor, name: str) -> Tensor:
         """The optimizer's buffer ``name`` for ``p``, zeros at first."""

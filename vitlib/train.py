@@ -60,8 +60,9 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate, used as given (not rescaled with the batch size)
     weight_decay: float = 0.05  # AdamW decay, except on norms, biases, pos_embed, cls_token
     optimizer: str = "adamw"  # "muon": Muon for a ViT's block matrices, AdamW for the rest
-    muon_lr_ratio: float = 4.0  # with "muon": the block matrices' lr as a multiple of lr (1:
-    # AdamW-sized steps; 4 was best or near it in three CPU settings, benchmarks/NOTES.md)
+    muon_lr_ratio: float = 4.0  # with "muon": the block matrices' lr (and so their decay) as a
+    # multiple of lr; 1: AdamW-sized steps. 4: between the best of the CPU settings measured,
+    # 2 to 8 (benchmarks/NOTES.md)
     warmup_epochs: float = 5.0  # linear warm-up from 0 to lr over this many epochs
     min_lr_ratio: float = 0.01  # the cosine decay ends at lr · min_lr_ratio
     label_smoothing: float = 0.1  # share of the target spread evenly over all classes
@@ -660,12 +661,20 @@ class _Run:
                 f"checkpoint {path} holds a different model shape ({diff}); resume with the "
                 "same preset and overrides, or start a new run in another --out folder"
             )
-        saved_optimizer = (state.get("train_config") or {}).get("optimizer", "adamw")
+        saved_config = state.get("train_config") or {}
+        saved_optimizer = saved_config.get("optimizer", "adamw")
         if saved_optimizer != self.config.optimizer:
             raise ValueError(
                 f"checkpoint {path} was trained with optimizer {saved_optimizer!r}, this run "
                 f"asks for {self.config.optimizer!r}; resume with optimizer={saved_optimizer!r} "
                 f"(--optimizer {saved_optimizer}), or start a new run in another out_dir"
+            )
+        saved_ratio = saved_config.get("muon_lr_ratio", self.config.muon_lr_ratio)
+        if saved_optimizer == "muon" and saved_ratio != self.config.muon_lr_ratio:
+            raise ValueError(
+                f"checkpoint {path} was trained with muon_lr_ratio {saved_ratio:g}, this run "
+                f"asks for {self.config.muon_lr_ratio:g}; resume with the same ratio "
+                f"(--muon-lr-ratio {saved_ratio:g}), or start a new run in another out_dir"
             )
         device = self.proc.device
         self.model.load_state_dict(state["model"])
@@ -1087,9 +1096,9 @@ RECIPES: dict[str, tuple[ViTConfig, TrainConfig]] = {
     # and attention that starts local (mimetic start, sin-cos positions), chosen on validation
     # on one H100 (2026-11-28, torch 2.11, seed 0): 80.1 % against 78.2 and 78.4 % in two runs
     # of the random start with learned positions (test: 80.1 % against 78.0 and 79.0 %). Muon
-    # at its default ratio 4: on a 2-core CPU (vit_cifar_cpu, 2026-12-03) in 3,125 steps, about
-    # as many as here, 63.8 % test against 52.4 % with AdamW (ratio 8: 60.0 %); not yet run on
-    # a GPU
+    # at its default ratio 4: on a 2-core CPU (vit_cifar_cpu, 2026-12-03) in 3,120 steps, about
+    # as many as here, 63.8 % test against 52.3 % with AdamW (ratio 8: 60.0 %), and at batch
+    # 1024 for 190 steps 55.6 % against 41.4 % (ratio 8: 52.1 %); not yet run on a GPU
     "cifar_fast_30": (get_config("vit_cifar_tiny", attn_init="mimetic", pos_embed="sincos"),
                       TrainConfig(
         epochs=1000, batch_size=1024, lr=2e-3, weight_decay=0.05, warmup_epochs=3,
