@@ -134,10 +134,10 @@ def test_reference_loss_scale_fits_and_doubling_does_not():
 # --- Newton–Schulz on singular values ------------------------------------------------------
 
 
-def newton_schulz_values_right(values, steps):
+def newton_schulz_values_right(values, steps, powers=(1, 3, 5)):
     a, b, c = 3.4445, -4.7750, 2.0315
     for _ in range(steps):
-        values = a * values + b * values**3 + c * values**5
+        values = a * values ** powers[0] + b * values ** powers[1] + c * values ** powers[2]
     return values
 
 
@@ -146,10 +146,7 @@ def newton_schulz_values_one_step_short(values, steps):
 
 
 def newton_schulz_values_wrong_powers(values, steps):
-    a, b, c = 3.4445, -4.7750, 2.0315
-    for _ in range(steps):
-        values = a * values + b * values**2 + c * values**3
-    return values
+    return newton_schulz_values_right(values, steps, powers=(1, 2, 3))
 
 
 def newton_schulz_values_sorted(values, steps):

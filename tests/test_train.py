@@ -69,20 +69,25 @@ class Crash(Exception):
     """Stands in for a killed process."""
 
 
-def test_crash_after_an_epoch_then_resume_equals_a_straight_run(data, tmp_path, monkeypatch):
-    straight = train(MODEL, config(tmp_path / "a", token_drop_until=SWITCH), data)
-    assert len(straight.epochs) == 2 and straight.stop_reason == "epochs"
-
+def train_until_crash(monkeypatch, *args) -> None:
+    """``train(*args)``, killed right after its first checkpoint (the first epoch's)."""
     real_save = train_module.save_checkpoint
 
     def save_then_crash(state, path):
         real_save(state, path)
-        raise Crash  # the process dies right after the first epoch's checkpoint
+        raise Crash
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
-        train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data)
+        train(*args)
     monkeypatch.undo()
+
+
+def test_crash_after_an_epoch_then_resume_equals_a_straight_run(data, tmp_path, monkeypatch):
+    straight = train(MODEL, config(tmp_path / "a", token_drop_until=SWITCH), data)
+    assert len(straight.epochs) == 2 and straight.stop_reason == "epochs"
+
+    train_until_crash(monkeypatch, MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data)
     assert load_checkpoint(tmp_path / "b")["progress"]["epoch"] == 1
 
     resumed = train(MODEL, config(tmp_path / "b", token_drop_until=SWITCH), data,
@@ -90,6 +95,25 @@ def test_crash_after_an_epoch_then_resume_equals_a_straight_run(data, tmp_path, 
     assert without_timing(resumed) == without_timing(straight)
     assert resumed.test_acc == straight.test_acc
     assert_same_run(tmp_path / "a" / CHECKPOINT_NAME, tmp_path / "b" / CHECKPOINT_NAME)
+
+
+def test_muon_learns_resumes_exactly_and_keeps_its_optimizer(data, tmp_path, monkeypatch):
+    muon = config(tmp_path / "a", optimizer="muon", epochs=3, lr=5e-3)
+    straight = train(MODEL, muon, data)
+    losses = [r["train_loss"] for r in straight.epochs]
+    assert losses[-1] < losses[0]
+
+    train_until_crash(monkeypatch, MODEL, replace(muon, out_dir=str(tmp_path / "b")), data)
+    resumed = train(MODEL, replace(muon, out_dir=str(tmp_path / "b")), data,
+                    resume=tmp_path / "b")
+    assert without_timing(resumed) == without_timing(straight)
+    assert_same_run(tmp_path / "a" / CHECKPOINT_NAME, tmp_path / "b" / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="trained with optimizer 'muon', this run asks for "
+                                         "'adamw'; resume with optimizer='muon'"):
+        train(MODEL, replace(muon, optimizer="adamw"), data, resume=tmp_path / "b")
+    with pytest.raises(ValueError, match="trained with muon_lr_ratio 4, this run asks for 2; "
+                                         "resume with the same ratio"):
+        train(MODEL, replace(muon, muon_lr_ratio=2.0), data, resume=tmp_path / "b")
 
 
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(data, tmp_path, monkeypatch):
