@@ -90,8 +90,11 @@ class MuonAdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                (self._muon_step if group["muon"] else self._adamw_step)(group, params)
+            if not params:
+                continue
+            if group["weight_decay"]:  # decoupled, the same in both rules
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            (self._muon_step if group["muon"] else self._adamw_step)(group, params)
         return loss
 
     def _muon_step(self, group: dict, params: list[Tensor]) -> None:
@@ -100,8 +103,6 @@ class MuonAdamW(torch.optim.Optimizer):
         bufs = [self._state(p, "momentum_buffer") for p in params]
         torch._foreach_lerp_(bufs, grads, 1 - mu)
         directions = torch._foreach_lerp(grads, bufs, mu)  # Nesterov
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
         by_shape: dict[torch.Size, list[int]] = {}
         for i, p in enumerate(params):
             by_shape.setdefault(p.shape, []).append(i)
@@ -121,8 +122,6 @@ class MuonAdamW(torch.optim.Optimizer):
             grads = [p.grad for p in ps]
             means = [self._state(p, "exp_avg") for p in ps]
             squares = [self._state(p, "exp_avg_sq") for p in ps]
-            if group["weight_decay"]:
-                torch._foreach_mul_(ps, 1 - lr * group["weight_decay"])
             torch._foreach_lerp_(means, grads, 1 - beta1)
             torch._foreach_mul_(squares, beta2)
             torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
