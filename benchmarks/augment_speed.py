@@ -19,8 +19,8 @@ import time
 import torch
 
 from vitlib.augment import Augment, AugmentConfig
-from vitlib.bench import synchronize
 from vitlib.course import pick_device
+from vitlib.fast import synchronize
 from vitlib.train import RECIPES
 
 SETTINGS = {

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import vitlib
-from vitlib.fast import TrainStep, attention_backend, bf16_forward, update_ema
+from vitlib.fast import TrainStep, attention_backend, bf16_forward, synchronize, update_ema
 
 
 def _model(seed: int = 0) -> vitlib.ViT:
@@ -140,3 +140,12 @@ def test_bf16_step_leaves_the_fp32_weights_unrounded():
         *_batch())
     for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_timings_wait_for_the_device_that_ran_the_work(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append("cuda"))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    for name in ("cpu", "cuda", "mps"):
+        synchronize(torch.device(name))
+    assert waited == ["cuda", "mps"]

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from .attention import fused_attention
 from .augment import Augment, AugmentConfig
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
-from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend
+from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend, synchronize
 from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
 from .train import TrainConfig, get_recipe, make_optimizer, pick_device, train
 
@@ -70,14 +70,6 @@ class Row:
 
 
 # --- measuring --------------------------------------------------------------------------------
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait until ``device`` has run the work queued so far (GPU calls return before it runs)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def time_steps(

@@ -162,6 +162,14 @@ def _check_flex(model: nn.Module, compile_mode: str | None) -> None:
                          f"backward pass on {device.type}); choose another kernel or None")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has run the work queued so far (GPU calls return before it runs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model, for every parameter (buffers are copied)."""

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .augment import Augment, AugmentConfig, normalize
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, train_val_split
-from .fast import COMPILE_MODES, TrainStep, check_attention, update_ema
+from .fast import COMPILE_MODES, TrainStep, check_attention, synchronize, update_ema
 from .model import ViT, ViTConfig, config_dict, count_parameters, get_config
 from .muon import MuonAdamW
 
@@ -779,10 +779,6 @@ class _Run:
         hard = targets.argmax(-1) if targets.ndim == 2 else targets  # mixed targets: top class
         return loss.detach(), (logits.argmax(-1) == hard).sum()
 
-    def _sync(self) -> None:
-        if self.proc.device.type == "cuda":
-            torch.cuda.synchronize(self.proc.device)
-
     def _check(self, stop: _StopRequest, started: float, time_before: float) -> str | None:
         """Sync point: update the clock, raise on a NaN loss, and say whether to stop."""
         bad_step = self._first_bad_step.item()  # waits for the device to finish
@@ -839,12 +835,12 @@ class _Run:
             self._set_token_drop()
             compiling = self._steps_to_compile > 0
             if compiling:
-                self._sync()
+                synchronize(self.proc.device)
                 compile_started = time.perf_counter()
             with self.threads.timed_step() if self.threads is not None else nullcontext():
                 self._train_step(self.images[index], self.labels[index])
             if compiling:  # off the training clock: into history.compile_s
-                self._sync()
+                synchronize(self.proc.device)
                 spent = time.perf_counter() - compile_started
                 self.history.compile_s += spent
                 started += spent
