@@ -5,8 +5,9 @@
 #   2. time to accuracy, recipe cifar_fast (120 s of training)
 #   3. throughput: timm row
 #   4. time to accuracy, recipe cifar_fast_30 (30 s of training)
-#   5. throughput: compiled row
-#   6. augmentation alone, eager and compiled (the cifar_fast setting)
+#   5. the optimizer step alone, AdamW and Muon: milliseconds and kernels
+#   6. throughput: compiled row
+#   7. augmentation alone, eager and compiled (the cifar_fast setting)
 # Logs (steps.log) and JSON land in $OUT (default runs/gpu_check), replacing those of an earlier
 # run there (the bench merges rows into bench.json, so old rows would pass for new ones). Arrays
 # are expanded as ${A[@]+"${A[@]}"}: bash before 4.4 calls an empty "${A[@]}" unbound under
@@ -87,6 +88,7 @@ run bench_timm 60 75 $PY -m vitlib bench --rows timm --json "$OUT/bench.json" \
 run tta30 75 110 $PY benchmarks/time_to_accuracy.py --recipe cifar_fast_30 \
     ${ATTENTION_FLAG[@]+"${ATTENTION_FLAG[@]}"} --json "$OUT/tta30.json" \
     ${SMOKE[@]+"${SMOKE[@]}"}
+run optimizer 20 40 $PY benchmarks/optimizer_step.py ${SMOKE[@]+"${SMOKE[@]}"}
 run bench_compiled 55 70 $PY -m vitlib bench --rows compiled --json "$OUT/bench.json" \
     --no-ceilings ${SMOKE[@]+"${SMOKE[@]}"}
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from vitlib.cnn import create_model
 from vitlib.model import ViT, ViTConfig
-from vitlib.muon import RMS_MATCH, MuonAdamW, orthogonalize
+from vitlib.muon import RMS_MATCH, MuonAdamW, orthogonalize, orthogonalize_each
 from vitlib.train import TrainConfig, make_optimizer
 
 
@@ -42,6 +42,21 @@ def test_orthogonalize_treats_each_matrix_of_a_stack_alone():
     assert similarity.min() > 0.99
     with pytest.raises(ValueError, match=r"needs matrices \(\.\.\., m, n\), got shape \(5,\)"):
         orthogonalize(torch.ones(5))
+
+
+def test_orthogonalize_each_batches_by_the_short_side_and_changes_no_result():
+    # a ViT block's shapes (qkv, proj, fc1, fc2 at width 8), twice, plus a square of another
+    # size and a matrix in bfloat16: three batches, one per short side (8, 8 again, 5)
+    shapes = [(24, 8), (8, 8), (16, 8), (8, 16), (24, 8), (8, 16), (5, 5), (5, 12)]
+    matrices = [random_matrices(*shape, seed=i) for i, shape in enumerate(shapes)]
+    matrices[-1] = matrices[-1].bfloat16()
+    results = orthogonalize_each(matrices)
+    for m, result in zip(matrices, results, strict=True):
+        assert result.shape == m.shape and result.dtype == m.dtype and result.is_contiguous()
+        alone = orthogonalize(m.float()).to(m.dtype)  # no padding, no company
+        assert torch.allclose(result.float(), alone.float(), atol=1e-5), m.shape
+    with pytest.raises(ValueError, match=r"needs 2-D matrices, got shape \(2, 3, 4\) at index 1"):
+        orthogonalize_each([torch.ones(3, 4), torch.ones(2, 3, 4)])
 
 
 def step_both(params_a, opt_a, params_b, opt_b, steps: int, seed: int = 1) -> None:

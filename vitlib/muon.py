@@ -7,7 +7,8 @@ every singular value set to 1: U Vᵀ). Directions that the gradient barely touc
 far as the dominant ones, which lets a large batch make more progress per step.
 
 A few Newton–Schulz iterations approximate U Vᵀ with matrix products only, so they run fast
-in bfloat16 on a GPU; matrices of one shape go through them together, as one batch. The step
+in bfloat16 on a GPU; matrices that share their short side go through them together, as one
+batch (a ViT's block matrices all do: one batch for all of them). The step
 is scaled to the size of a typical AdamW step (Liu et al., 2025, "Muon is Scalable for LLM
 Training"), so the learning rate and weight decay tuned for AdamW carry over; a multiple of
 that learning rate often does better (``vitlib.train.TrainConfig.muon_lr_ratio``).
@@ -37,9 +38,7 @@ def orthogonalize(matrices: Tensor, steps: int = 5, dtype: torch.dtype | None = 
     if matrices.ndim < 2:
         raise ValueError(f"orthogonalize needs matrices (..., m, n), got shape "
                          f"{tuple(matrices.shape)}")
-    if dtype is None:
-        native_bf16 = matrices.is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
-        dtype = torch.bfloat16 if native_bf16 else torch.float32
+    dtype = dtype or _working_dtype(matrices)
     shape = matrices.shape
     x = matrices.to(dtype).reshape(-1, *shape[-2:])  # (B, m, n)
     tall = x.size(-2) > x.size(-1)
@@ -53,6 +52,49 @@ def orthogonalize(matrices: Tensor, steps: int = 5, dtype: torch.dtype | None = 
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·G + c·G²
         x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·G + c·G²)·X
     return (x.mT if tall else x).reshape(shape)
+
+
+def orthogonalize_each(matrices: list[Tensor], steps: int = 5,
+                       dtype: torch.dtype | None = None) -> list[Tensor]:
+    """``orthogonalize`` for 2-D matrices of any shapes: the results in order, each contiguous
+    and in its matrix's shape and dtype. Matrices that share their short side m go through the
+    iteration as one batch, each turned wide (m × n) and zero-padded to the batch's longest n:
+    zero columns stay zero through the iteration and add nothing to X Xᵀ, so the padding
+    changes no result, and a model's matrices take a few dozen kernels instead of that many
+    per shape."""
+    batches: dict[int, dict[torch.Size, list[int]]] = {}  # short side -> shape -> indices
+    for i, m in enumerate(matrices):
+        if m.ndim != 2:
+            raise ValueError(f"orthogonalize_each needs 2-D matrices, got shape "
+                             f"{tuple(m.shape)} at index {i}")
+        batches.setdefault(min(m.shape), {}).setdefault(m.shape, []).append(i)
+    out: list[Tensor] = list(matrices)
+    for short, shapes in batches.items():
+        first = matrices[next(iter(shapes.values()))[0]]
+        work = dtype or _working_dtype(first)
+        count = sum(len(idx) for idx in shapes.values())
+        batch = first.new_zeros(count, short, max(max(s) for s in shapes), dtype=work)
+        spans, row = [], 0  # (shape, indices, its first row in the batch)
+        for shape, idx in shapes.items():
+            stacked = torch.stack([matrices[i] for i in idx])  # (k, *shape)
+            batch[row:row + len(idx), :, :max(shape)] = (stacked.mT if shape[0] > shape[1]
+                                                         else stacked)
+            spans.append((shape, idx, row))
+            row += len(idx)
+        batch = orthogonalize(batch, steps, work)  # (count, short, n), already wide
+        for shape, idx, row in spans:
+            part = batch[row:row + len(idx), :, :max(shape)]
+            part = part.mT if shape[0] > shape[1] else part
+            results = part.new_empty(part.shape, dtype=matrices[idx[0]].dtype).copy_(part)
+            for i, result in zip(idx, results.unbind(), strict=True):
+                out[i] = result
+    return out
+
+
+def _working_dtype(matrices: Tensor) -> torch.dtype:
+    """bfloat16 on a GPU that has it natively, float32 elsewhere."""
+    native_bf16 = matrices.is_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native_bf16 else torch.float32
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -103,14 +145,13 @@ class MuonAdamW(torch.optim.Optimizer):
         bufs = [self._state(p, "momentum_buffer") for p in params]
         torch._foreach_lerp_(bufs, grads, 1 - mu)
         directions = torch._foreach_lerp(grads, bufs, mu)  # Nesterov
-        by_shape: dict[torch.Size, list[int]] = {}
+        updates = orthogonalize_each(directions, group["ns_steps"])
+        by_long_side: dict[int, list[int]] = {}  # the step's size depends on it
         for i, p in enumerate(params):
-            by_shape.setdefault(p.shape, []).append(i)
-        for shape, idx in by_shape.items():
-            ortho = orthogonalize(torch.stack([directions[i] for i in idx]), group["ns_steps"])
-            scale = lr * RMS_MATCH * math.sqrt(max(shape))
-            torch._foreach_add_([params[i] for i in idx],
-                                list(ortho.to(params[idx[0]].dtype).unbind()), alpha=-scale)
+            by_long_side.setdefault(max(p.shape), []).append(i)
+        for n, idx in by_long_side.items():
+            torch._foreach_add_([params[i] for i in idx], [updates[i] for i in idx],
+                                alpha=-lr * RMS_MATCH * math.sqrt(n))
 
     def _adamw_step(self, group: dict, params: list[Tensor]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
