@@ -45,8 +45,8 @@ def test_orthogonalize_treats_each_matrix_of_a_stack_alone():
 
 
 def test_orthogonalize_each_batches_by_the_short_side_and_changes_no_result():
-    # a ViT block's shapes (qkv, proj, fc1, fc2 at width 8), twice, plus a square of another
-    # size and a matrix in bfloat16: three batches, one per short side (8, 8 again, 5)
+    # a ViT block's shapes (qkv, proj, fc1, fc2 at width 8), twice, then a square and a
+    # bfloat16 matrix of short side 5: two batches, one per short side
     shapes = [(24, 8), (8, 8), (16, 8), (8, 16), (24, 8), (8, 16), (5, 5), (5, 12)]
     matrices = [random_matrices(*shape, seed=i) for i, shape in enumerate(shapes)]
     matrices[-1] = matrices[-1].bfloat16()
