@@ -5,9 +5,10 @@
     python benchmarks/optimizer_step.py --model vit_cifar_cpu --device cpu
     python benchmarks/optimizer_step.py --smoke             # vit_cifar_cpu, 5 steps
 
-On a GPU, "kernels" counts the device kernels of one step (the profiler's CUDA events); on a
-CPU, the top-level ATen operators, each about one kernel launch on a GPU. A step of a few
-hundred small kernels costs launch time that the model's step may or may not hide.
+On a GPU, "kernels" counts what one step runs on the device (kernels, copies and fills, as
+``python -m vitlib bench --profile`` counts them); on a CPU, the top-level ATen operators,
+each about one kernel launch on a GPU. A step of a few hundred small kernels costs launch
+time that the model's step may or may not hide.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from vitlib.bench import device_events
 from vitlib.fast import synchronize
 from vitlib.model import create_model
 from vitlib.train import OPTIMIZERS, TrainConfig, make_optimizer
@@ -30,12 +32,11 @@ def kernels_per_step(optimizer: torch.optim.Optimizer, device: torch.device) -> 
     with profile(activities=activities) as prof:
         optimizer.step()
         synchronize(device)
-    events = prof.events()
     if cuda:
-        return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in events)
+        return len(device_events(prof, torch.autograd.DeviceType.CUDA))
     return sum(e.name.startswith("aten::")
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-               for e in events)
+               for e in prof.events())
 
 
 def measure(name: str, model_name: str, device: torch.device, steps: int) -> tuple[float, int]:

@@ -205,6 +205,14 @@ KERNEL_KINDS = (
 )
 
 
+def device_events(prof, device_type: torch.autograd.DeviceType) -> list:
+    """A profile's events on ``device_type``: on a GPU its kernels, copies and fills, not the
+    spans of code that are marked on the device's timeline too (the compiled graphs'
+    "## Call CompiledFxGraph ##", "Optimizer.step")."""
+    return [e for e in prof.events() if e.device_type == device_type
+            and not e.is_user_annotation and e.name != "Context Sync"]
+
+
 def kernel_kind(name: str) -> str:
     """The kind of a kernel or operator by its name (KERNEL_KINDS), else 'other'."""
     name = name.lower()
@@ -237,11 +245,8 @@ def profile_steps(step: Callable[[], object], device: torch.device, steps: int) 
             step()
         synchronize(device)
         wall_s = time.perf_counter() - started
-    wanted = torch.autograd.DeviceType.CUDA if on_cuda else torch.autograd.DeviceType.CPU
-    # kernels, copies and fills; not the spans of code that are marked on the device's
-    # timeline too (the compiled graphs' "## Call CompiledFxGraph ##", "Optimizer.step")
-    events = [e for e in prof.events() if e.device_type == wanted and not e.is_user_annotation
-              and e.name != "Context Sync"]
+    events = device_events(prof, torch.autograd.DeviceType.CUDA if on_cuda
+                           else torch.autograd.DeviceType.CPU)
     per_name: dict[str, list[float]] = {}
     for e in events:
         us = e.time_range.elapsed_us() if on_cuda else e.self_cpu_time_total
