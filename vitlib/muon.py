@@ -72,18 +72,14 @@ def orthogonalize_each(matrices: list[Tensor], steps: int = 5,
     for short, shapes in batches.items():
         first = matrices[next(iter(shapes.values()))[0]]
         work = dtype or _working_dtype(first)
-        count = sum(len(idx) for idx in shapes.values())
-        batch = first.new_zeros(count, short, max(max(s) for s in shapes), dtype=work)
-        spans, row = [], 0  # (shape, indices, its first row in the batch)
-        for shape, idx in shapes.items():
+        sizes = [len(idx) for idx in shapes.values()]  # the batch's rows, shape by shape
+        batch = first.new_zeros(sum(sizes), short, max(max(s) for s in shapes), dtype=work)
+        for (shape, idx), rows in zip(shapes.items(), batch.split(sizes), strict=True):
             stacked = torch.stack([matrices[i] for i in idx])  # (k, *shape)
-            batch[row:row + len(idx), :, :max(shape)] = (stacked.mT if shape[0] > shape[1]
-                                                         else stacked)
-            spans.append((shape, idx, row))
-            row += len(idx)
+            rows[:, :, :max(shape)] = stacked.mT if shape[0] > shape[1] else stacked
         batch = orthogonalize(batch, steps, work)  # (count, short, n), already wide
-        for shape, idx, row in spans:
-            part = batch[row:row + len(idx), :, :max(shape)]
+        for (shape, idx), rows in zip(shapes.items(), batch.split(sizes), strict=True):
+            part = rows[:, :, :max(shape)]
             part = part.mT if shape[0] > shape[1] else part
             results = part.new_empty(part.shape, dtype=matrices[idx[0]].dtype).copy_(part)
             for i, result in zip(idx, results.unbind(), strict=True):
