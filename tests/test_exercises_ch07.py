@@ -20,6 +20,11 @@ def fails_with_hint(result) -> bool:
 
 def stats_right(images):
     x = images.float() / 255
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3), correction=0)
+
+
+def stats_sample_std(images):
+    x = images.float() / 255
     return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
 
 
@@ -30,7 +35,7 @@ def stats_as_lists(images):
 
 def stats_0_255(images):
     x = images.float()
-    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3), correction=0)
 
 
 def stats_per_image_std(images):
@@ -48,9 +53,15 @@ def test_channel_stats_right(right):
     assert passes(ch07.check_channel_stats(right, quiet=True))
 
 
-@pytest.mark.parametrize("wrong", [stats_0_255, stats_per_image_std, stats_over_channels])
+@pytest.mark.parametrize("wrong", [stats_0_255, stats_per_image_std, stats_over_channels,
+                                   stats_sample_std])
 def test_channel_stats_wrong(wrong):
     assert fails_with_hint(ch07.check_channel_stats(wrong, quiet=True))
+
+
+def test_channel_stats_names_the_correction():
+    result = ch07.check_channel_stats(stats_sample_std, quiet=True)
+    assert "correction=0" in result.message
 
 
 def test_channel_stats_names_the_scale():

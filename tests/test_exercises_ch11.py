@@ -41,6 +41,13 @@ def replace_head_config_unchanged(model, num_classes):
     return model
 
 
+def replace_head_without_bias(model, num_classes):
+    model.head = nn.Linear(model.config.embed_dim, num_classes, bias=False)
+    nn.init.zeros_(model.head.weight)
+    model.config = dataclasses.replace(model.config, num_classes=num_classes)
+    return model
+
+
 def replace_head_resets_everything(model, num_classes):
     for module in model.modules():
         if isinstance(module, nn.Linear):
@@ -49,7 +56,7 @@ def replace_head_resets_everything(model, num_classes):
 
 
 @pytest.mark.parametrize(
-    "wrong", [replace_head_random_init, replace_head_config_unchanged,
+    "wrong", [replace_head_random_init, replace_head_config_unchanged, replace_head_without_bias,
               replace_head_resets_everything, lambda model, n: None]
 )
 def test_replace_head(wrong):

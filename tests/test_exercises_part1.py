@@ -82,8 +82,25 @@ class SequenceFirstEncoder(nn.Module):
         return self.head(self.encoder(tokens).mean(dim=1))
 
 
+class PerTokenMLP(nn.Module):
+    """Patches and positions, but no attention: each token goes through an MLP alone."""
+
+    def __init__(self, image_size, patch_size, embed_dim, num_heads, depth, num_classes):
+        super().__init__()
+        self.to_tokens = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (image_size // patch_size) ** 2, embed_dim))
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.GELU())
+        self.head = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x):
+        tokens = self.to_tokens(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.mlp(tokens).mean(dim=1))
+
+
 def test_fixed_vit():
     assert passes(ch00.check_fixed_vit(vit_right, quiet=True))
+    no_attention = ch00.check_fixed_vit(PerTokenMLP, quiet=True)
+    assert fails_with_hint(no_attention) and "encoder blocks" in no_attention.message
     blind = ch00.check_fixed_vit(vit_without_positions, quiet=True)
     assert fails_with_hint(blind) and "where each patch was" in blind.message
     leaky = ch00.check_fixed_vit(SequenceFirstEncoder, quiet=True)
@@ -94,17 +111,34 @@ def test_fixed_vit():
 
 
 def attention_right(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    exps = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    attn = exps / exps.sum(dim=-1, keepdim=True)
+    return attn @ v, attn
+
+
+def attention_with_softmax(q, k, v):
     attn = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
     return attn @ v, attn
 
 
+def attention_with_log_softmax(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    attn = torch.nn.functional.log_softmax(scores, dim=-1).exp()
+    return attn @ v, attn
+
+
 def attention_unscaled(q, k, v):
-    attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+    scores = q @ k.transpose(-2, -1)
+    exps = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    attn = exps / exps.sum(dim=-1, keepdim=True)
     return attn @ v, attn
 
 
 def attention_wrong_axis(q, k, v):
-    attn = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    exps = (scores - scores.amax(dim=-2, keepdim=True)).exp()
+    attn = exps / exps.sum(dim=-2, keepdim=True)
     return attn @ v, attn
 
 
@@ -115,11 +149,19 @@ def attention_exp_without_max(q, k, v):
 
 
 @pytest.mark.parametrize(
-    "wrong", [attention_unscaled, attention_wrong_axis, attention_exp_without_max]
+    "wrong", [attention_with_softmax, attention_with_log_softmax, attention_unscaled,
+              attention_wrong_axis, attention_exp_without_max]
 )
 def test_attention(wrong):
     assert passes(ch01.check_attention(attention_right, quiet=True))
     assert fails_with_hint(ch01.check_attention(wrong, quiet=True))
+
+
+def test_attention_check_leaves_softmax_working():
+    ch01.check_attention(attention_with_softmax, quiet=True)
+    scores = torch.randn(2, 3)
+    assert torch.allclose(scores.softmax(-1), torch.nn.functional.softmax(scores, -1))
+    assert "without softmax" in ch01.check_attention(attention_with_softmax, quiet=True).message
 
 
 def test_causal_mask():

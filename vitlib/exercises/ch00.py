@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from vitlib.model import ViT, ViTConfig
+from vitlib.model import EncoderBlock, ViT, ViTConfig
 from vitlib.patches import patchify, unpatchify
 
 from .checking import CheckResult, check
@@ -112,6 +112,11 @@ def check_fixed_vit(build_model: Callable[..., nn.Module], quiet: bool = False) 
     def test() -> str | None:
         model = build_model(image_size=32, patch_size=4, embed_dim=32, num_heads=4, depth=2,
                             num_classes=10).eval()
+        blocks = [m for m in model.modules()
+                  if isinstance(m, EncoderBlock | nn.TransformerEncoderLayer)]
+        if len(blocks) != 2:
+            return (f"for depth=2 the model holds {len(blocks)} encoder blocks: stack `depth` "
+                    "vitlib.EncoderBlock (attention + MLP each)")
         images = torch.randn(3, 3, 32, 32)
         with torch.no_grad():
             out = model(images)

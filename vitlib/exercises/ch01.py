@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from unittest import mock
 
 import torch
 from torch import Tensor
@@ -14,9 +16,25 @@ from .checking import CheckResult, check
 from .compare import tensor_problem
 
 
+@contextmanager
+def _without_softmax() -> Iterator[None]:
+    """Every softmax and log-softmax of PyTorch raises while the block runs."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this exercise asks for attention without softmax; compute the "
+                           "exponentials and normalise each row yourself")
+
+    with ExitStack() as stack:
+        for owner in (torch, torch.Tensor, torch.nn.functional, torch.special):
+            for name in ("softmax", "log_softmax"):
+                stack.enter_context(mock.patch.object(owner, name, refuse))
+        yield
+
+
 def check_attention(attention: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
                     quiet: bool = False) -> CheckResult:
-    """``attention(q, k, v) -> (O, A)`` with A = softmax(QKᵀ/√d) and O = AV."""
+    """``attention(q, k, v) -> (O, A)`` with A = softmax(QKᵀ/√d) and O = AV, computed without
+    PyTorch's softmax."""
 
     def test() -> str | None:
         cases = [((2, 5, 4), 5, 4, 1.0), ((3, 2, 6, 16), 7, 8, 1.0), ((1, 1, 3), 9, 2, 1.0),
@@ -25,7 +43,8 @@ def check_attention(attention: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, 
             q = scale * torch.randn(shape_q)
             k = torch.randn(*shape_q[:-2], n_keys, shape_q[-1])
             v = torch.randn(*shape_q[:-2], n_keys, d_v)
-            out, attn = attention(q, k, v)
+            with _without_softmax():
+                out, attn = attention(q, k, v)
             want_out, want_attn = scaled_dot_product_attention(q, k, v)
             problem = tensor_problem(f"A for q of shape {tuple(q.shape)}", attn, want_attn)
             problem = problem or tensor_problem(f"O for q of shape {tuple(q.shape)}", out, want_out)
@@ -35,10 +54,11 @@ def check_attention(attention: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, 
 
     return check(
         "attention", test,
-        "scores = q @ k.transpose(-2, -1) / math.sqrt(d) with d = q.shape[-1]; softmax over the "
-        "last dimension (the keys), so each row of A sums to 1: subtract each row's maximum "
-        "before exp (scores.amax(dim=-1, keepdim=True)) so that large scores do not overflow to "
-        "inf; finally O = A @ v",
+        "scores = q @ k.transpose(-2, -1) / math.sqrt(d) with d = q.shape[-1]; then a softmax "
+        "of your own over the last dimension (the keys), so each row of A sums to 1: "
+        "exps = scores.exp(), divided by exps.sum(dim=-1, keepdim=True); subtract each row's "
+        "maximum before exp (scores.amax(dim=-1, keepdim=True)) so that large scores do not "
+        "overflow to inf; finally O = A @ v",
         quiet,
     )
 

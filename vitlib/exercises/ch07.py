@@ -39,36 +39,42 @@ def check_channel_stats(channel_stats: Callable[[Tensor], tuple], quiet: bool = 
 
     def test() -> str | None:
         g = torch.Generator().manual_seed(_seed())
-        n, size = random.randint(6, 12), random.choice([8, 16])
-        brightness = torch.randint(0, 120, (n, 1, 1, 1), generator=g)  # images differ in mean
-        noise = torch.randint(0, 136, (n, 3, size, size), generator=g)
-        images = (brightness + noise).to(torch.uint8)
-        x = images.double() / 255
-        want_mean = x.mean(dim=(0, 2, 3))
-        want_std = x.std(dim=(0, 2, 3), correction=0)
-        answer = channel_stats(images.clone())
-        if not isinstance(answer, (tuple, list)) or len(answer) != 2:
-            return f"channel_stats should return a pair (mean, std), got {type(answer).__name__}"
-        mean, std = (_three_values(name, v) for name, v in zip(("mean", "std"), answer,
-                                                                strict=True))
-        if mean.max() > 1.5 or std.max() > 1.5:
-            return (f"your values {mean.tolist()} / {std.tolist()} are on the 0..255 scale, "
-                    "the check wants the [0, 1] scale of CIFAR10_MEAN and CIFAR10_STD")
-        if not torch.allclose(mean, want_mean, atol=1e-3):
-            return (f"for {n} images of {size}×{size} the channel means are "
-                    f"{[round(v, 4) for v in want_mean.tolist()]}, you got "
-                    f"{[round(v, 4) for v in mean.tolist()]}")
-        if not torch.allclose(std, want_std, atol=1e-3):
-            return (f"for {n} images of {size}×{size} (with different brightness) the channel "
-                    f"standard deviations are {[round(v, 4) for v in want_std.tolist()]}, you "
-                    f"got {[round(v, 4) for v in std.tolist()]}")
+        # a few images, then 2 images of 2×2, where dividing by N − 1 instead of N shows (7 %)
+        for n, size in ((random.randint(6, 12), random.choice([8, 16])), (2, 2)):
+            brightness = torch.randint(0, 120, (n, 1, 1, 1), generator=g)  # images differ
+            noise = torch.randint(0, 136, (n, 3, size, size), generator=g)
+            images = (brightness + noise).to(torch.uint8)
+            x = images.double() / 255
+            want_mean = x.mean(dim=(0, 2, 3))
+            want_std = x.std(dim=(0, 2, 3), correction=0)
+            answer = channel_stats(images.clone())
+            if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+                return (f"channel_stats should return a pair (mean, std), got "
+                        f"{type(answer).__name__}")
+            mean, std = (_three_values(name, v) for name, v in zip(("mean", "std"), answer,
+                                                                    strict=True))
+            if mean.max() > 1.5 or std.max() > 1.5:
+                return (f"your values {mean.tolist()} / {std.tolist()} are on the 0..255 scale, "
+                        "the check wants the [0, 1] scale of CIFAR10_MEAN and CIFAR10_STD")
+            if not torch.allclose(mean, want_mean, atol=1e-3):
+                return (f"for {n} images of {size}×{size} the channel means are "
+                        f"{[round(v, 4) for v in want_mean.tolist()]}, you got "
+                        f"{[round(v, 4) for v in mean.tolist()]}")
+            if size == 2 and torch.allclose(std.double(), x.std(dim=(0, 2, 3)), atol=1e-4):
+                return (f"for {n} images of {size}×{size} your standard deviations divide by "
+                        "N − 1 (PyTorch's default, correction=1); the formula of section 3 "
+                        "divides by N, the number of values: correction=0")
+            if not torch.allclose(std, want_std, atol=1e-3):
+                return (f"for {n} images of {size}×{size} (with different brightness) the channel "
+                        f"standard deviations are {[round(v, 4) for v in want_std.tolist()]}, "
+                        f"you got {[round(v, 4) for v in std.tolist()]}")
         return None
 
     return check(
         "channel_stats", test,
         "convert to floats in [0, 1] (images.float() / 255) and reduce over every axis except "
-        "the channel one: x.mean(dim=(0, 2, 3)) and x.std(dim=(0, 2, 3)). Averaging one std per "
-        "image leaves out how much the images differ from each other",
+        "the channel one: x.mean(dim=(0, 2, 3)) and x.std(dim=(0, 2, 3), correction=0). Averaging "
+        "one std per image leaves out how much the images differ from each other",
         quiet,
     )
 

@@ -42,6 +42,9 @@ def check_replace_head(
             if tuple(got.head.weight.shape) != (num_classes, 16):
                 return (f"for {num_classes} classes and embed_dim 16 the head's weight should be "
                         f"(out, in) = ({num_classes}, 16), got {tuple(got.head.weight.shape)}")
+            if got.head.bias is None or tuple(got.head.bias.shape) != (num_classes,):
+                return (f"the head needs a bias of shape ({num_classes},), one per class: "
+                        "nn.Linear(in, out) has one unless bias=False")
             if got.config.num_classes != num_classes:
                 return (f"config.num_classes is still {got.config.num_classes}, expected "
                         f"{num_classes}")
