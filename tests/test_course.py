@@ -1,6 +1,7 @@
 """The notebooks' shared support: course.setup, course.load_data, course.check_shape, viz."""
 
 import random
+import urllib.error
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -230,3 +231,14 @@ def test_image_mosaic_is_one_labelled_picture():
     with pytest.raises(ValueError, match="row labels"):
         viz.image_mosaic(images, title="t", ncols=4, row_labels=["a"])
     plt.close("all")
+
+
+def test_online_names_what_needed_the_internet():
+    with pytest.raises(RuntimeError, match=r"the weights needs the internet.*URLError"):
+        with course.online("the weights"):
+            raise urllib.error.URLError("no route to host")
+    with course.online("nothing"):  # no download error, no complaint
+        pass
+    with pytest.raises(ValueError):  # other errors are not about the internet
+        with course.online("the weights"):
+            raise ValueError("a bad file")

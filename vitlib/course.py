@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -90,3 +92,15 @@ def format_bytes(n: float) -> str:
         if n < 1024:
             return f"{n:,.1f} {unit}"
     return f"{n / 1024:,.1f} GiB"
+
+
+@contextmanager
+def online(what: str) -> Iterator[None]:
+    """Run a download; offline, its OSError (a URLError, the model hubs' errors) becomes one
+    RuntimeError that says what needed the internet."""
+    try:
+        yield
+    except OSError as error:
+        raise RuntimeError(f"{what} needs the internet, and the download failed "
+                           f"({type(error).__name__}: {error}); run it online, or skip it "
+                           "(each notebook says how)") from error
