@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from vitlib.augment import (
     AugmentConfig,
     Uniforms,
     _apply_ops,
+    _channel_stats,
     mixup_cutmix,
     normalize,
     random_crop,
@@ -193,10 +195,13 @@ def test_ops_by_hand():
     for name in set(OPS) - {"autocontrast", "equalize"}:
         assert torch.allclose(ops_on(x, name, 0.0), x, atol=1e-5), name  # strength 0: no change
     sharper = ops_on(x, "sharpness", 1.0)
-    box = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1) * 9
-    smooth = (box + 4 * x) / 13  # PIL's SMOOTH kernel
+    smooth = x.clone()  # PIL's SMOOTH kernel, which leaves the 1-pixel border as it is
+    smooth[..., 1:-1, 1:-1] = (F.avg_pool2d(x, 3, stride=1) * 9 + 4 * x[..., 1:-1, 1:-1]) / 13
     expected = (smooth + (1 + MAX_ENHANCE) * (x - smooth)).clamp(0, 1)
     assert torch.allclose(sharper, expected, atol=1e-6)
+    border = torch.ones_like(x, dtype=torch.bool)
+    border[..., 1:-1, 1:-1] = False
+    assert torch.equal(sharper[border], x[border])
     brighter = ops_on(x, "brightness", 0.5, sign=-1.0)
     assert torch.allclose(brighter, x * (1 - MAX_ENHANCE * 0.5))
     solarized = ops_on(x, "solarize", 0.25)
@@ -209,6 +214,18 @@ def test_ops_by_hand():
     assert torch.allclose(stretched.amax((2, 3)), torch.ones(4, 3), atol=1e-6)
     equalized = ops_on(dull, "equalize", 1.0)
     assert equalized.amax() == 1 and (equalized.flatten(2).mean(2) - 0.5).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_sharpness_matches_pil(sign):
+    """PIL's ImageEnhance.Sharpness, border included, within its rounding to uint8."""
+    Image = pytest.importorskip("PIL.Image")
+    ImageEnhance = pytest.importorskip("PIL.ImageEnhance")
+    image = uint8_batch(1)[0]
+    pil = ImageEnhance.Sharpness(Image.fromarray(image.permute(1, 2, 0).numpy()))
+    expected = torch.from_numpy(np.array(pil.enhance(1 + MAX_ENHANCE * sign))).permute(2, 0, 1)
+    ours = ops_on(image[None].float() / 255, "sharpness", 1.0, sign)[0] * 255
+    assert (ours - expected.float()).abs().max() <= 2
 
 
 def test_geometric_ops_are_per_image():
@@ -299,6 +316,19 @@ def test_normalize():
     assert torch.allclose(last, expected, atol=1e-5)
     assert math.isclose(normalize(images, (0.5,) * 3, (0.5,) * 3)[0, 0, 0, 0].item(),
                         images[0, 0, 0, 0].item() / 127.5 - 1, abs_tol=1e-6)
+
+
+def test_normalize_first_called_in_inference_mode_still_backpropagates():
+    """The cached statistics are ordinary tensors, even when made under torch.inference_mode:
+    a later normalize that autograd records can use them."""
+    _channel_stats.cache_clear()
+    x = uint8_batch(2).float() / 255
+    with torch.inference_mode():
+        normalize(x)
+    x.requires_grad_(True)
+    normalize(x).sum().backward()
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert torch.allclose(x.grad, (1 / std).expand_as(x))
 
 
 def test_normalize_compiles_without_warnings(monkeypatch):

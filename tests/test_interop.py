@@ -61,10 +61,9 @@ def _torchvision(**overrides) -> nn.Module:
 
 def _hf(kind: str = "ViTForImageClassification", **overrides) -> nn.Module:
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-        intermediate_size=96, num_labels=10, **overrides,
-    )
+    kwargs = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
+                  num_attention_heads=3, intermediate_size=96, num_labels=10)
+    config = transformers.ViTConfig(**{**kwargs, **overrides})
     return _random(getattr(transformers, kind)(config))
 
 
@@ -115,11 +114,23 @@ def test_timm_state_dict_needs_config():
         (dict(pos_embed="none"), "position embedding"),
         (dict(act_layer="gelu_tanh"), "activation"),
         (dict(pre_norm=True), "before the blocks"),
+        (dict(norm_layer="rmsnorm"), "the final norm RmsNorm"),
     ],
 )
 def test_timm_unsupported_features_are_named(kwargs, feature):
-    with pytest.raises(ValueError, match=feature):
+    with pytest.raises(ValueError, match=feature) as error:
         from_timm(_timm(**kwargs))
+    if "norm_layer" in kwargs:  # a final norm of another kind is not a norm after pooling
+        assert "after pooling" not in str(error.value)
+
+
+def test_timm_distillation_token_is_named():
+    timm = pytest.importorskip("timm")
+    deit = _random(timm.models.deit.VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10))
+    for convert in (from_timm, load_pretrained):
+        with pytest.raises(ValueError, match="distillation token"):
+            convert(deit)
 
 
 # --- torchvision ----------------------------------------------------------------------------
@@ -138,6 +149,17 @@ def test_torchvision_pre_logits_is_refused_unless_head_dropped():
         from_torchvision(ref)
     backbone = from_torchvision(ref, replace(CONFIG, mlp_ratio=2.0, num_classes=0))
     assert backbone(_images()).shape == (2, 48)
+
+
+def test_torchvision_older_mlp_key_names():
+    """torchvision's published weight files name the MLP layers mlp.linear_1 and mlp.linear_2."""
+    ref = _torchvision()
+    old = {key.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): value
+           for key, value in ref.state_dict().items()}
+    assert "encoder.layers.encoder_layer_1.mlp.linear_2.bias" in old
+    ours = from_torchvision(old, replace(CONFIG, mlp_ratio=2.0))
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
 
 
 # --- Hugging Face ---------------------------------------------------------------------------
@@ -290,6 +312,22 @@ def test_image_size_resizes_position_embedding_only_when_asked():
     assert resized.config.image_size == 64 and resized(_images(64)).shape == (2, 10)
 
 
+def test_non_square_models_are_refused():
+    """32×48 images in patches of 8: a 4×6 grid, whose 24 + 1 positions would pass for a 5×5
+    grid without the class token's slot."""
+    timm_model = _timm(img_size=(32, 48))
+    hf = _hf(image_size=[32, 48])
+    assert timm_model.pos_embed.shape[1] == hf.vit.embeddings.position_embeddings.shape[1] == 25
+    for convert in (from_timm, load_pretrained):
+        with pytest.raises(ValueError, match="vitlib needs square images"):
+            convert(timm_model)
+    for convert in (from_hf, load_pretrained):
+        with pytest.raises(ValueError, match="vitlib needs square images"):
+            convert(hf)
+    with pytest.raises(ValueError, match="vitlib needs square images"):
+        from_hf(hf.state_dict(), replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
+
+
 # --- bad input and dispatch -----------------------------------------------------------------
 
 def test_wrong_converter_names_the_right_one():
@@ -299,6 +337,22 @@ def test_wrong_converter_names_the_right_one():
         from_hf(_timm().state_dict(), CONFIG)
     with pytest.raises(ValueError, match="does not look like a google checkpoint.*Vision Trans"):
         load_google_npz({"weights": np.zeros(3)})
+
+
+def _resnets() -> list[nn.Module]:
+    """Tiny ResNets from timm and torchvision: modules of those libraries that are not ViTs."""
+    timm = pytest.importorskip("timm")
+    from torchvision.models import resnet
+
+    return [timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1]),
+            resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1])]
+
+
+@pytest.mark.parametrize("convert", [load_pretrained, from_timm, from_torchvision, from_hf])
+def test_other_modules_are_refused_with_their_name(convert):
+    for model in _resnets():
+        with pytest.raises(ValueError, match="ResNet"):
+            convert(model)
 
 
 def test_checked_load_lists_keys_and_suggests_fix():

@@ -264,10 +264,12 @@ def _grayscale(images: Tensor) -> Tensor:
 
 
 def _smooth(images: Tensor) -> Tensor:
-    """PIL's SMOOTH filter (3×3, centre weight 5, neighbours 1), as used by its sharpness op."""
-    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    box = 9 * F.avg_pool2d(padded, kernel_size=3, stride=1)  # sum over each 3×3 neighbourhood
-    return (box + 4 * images) / 13
+    """PIL's SMOOTH filter (3×3, centre weight 5, neighbours 1), as used by its sharpness op:
+    like PIL's, it leaves the 1-pixel border as it is, so sharpness does not change it."""
+    box = 9 * F.avg_pool2d(images, kernel_size=3, stride=1)  # sum over each 3×3 neighbourhood
+    smoothed = images.clone()
+    smoothed[..., 1:-1, 1:-1] = (box + 4 * images[..., 1:-1, 1:-1]) / 13
+    return smoothed
 
 
 def _autocontrast(images: Tensor) -> Tensor:
@@ -420,7 +422,10 @@ def normalize(
 def _channel_stats(mean: tuple, std: tuple, scale: float, device: torch.device):
     """Mean and std as (1, C, 1, 1) tensors on the device, made once (not at every step)."""
     as_tensor = lambda values: torch.tensor(values, device=device).view(1, -1, 1, 1) * scale
-    return as_tensor(mean), as_tensor(std)
+    # ordinary tensors even when first asked for under inference_mode: cached inference tensors
+    # would break every later normalize that autograd records
+    with torch.inference_mode(False):
+        return as_tensor(mean), as_tensor(std)
 
 
 # --- all together ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ its ``state_dict()`` and a few attributes.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import re
 import warnings
@@ -56,6 +57,8 @@ TORCHVISION_BLOCK_KEYS = {
     "ln_2.": "norm2.",
     "mlp.0.": "mlp.fc1.",
     "mlp.3.": "mlp.fc2.",
+    "mlp.linear_1.": "mlp.fc1.",  # the same weights in torchvision's older weight files
+    "mlp.linear_2.": "mlp.fc2.",
 }
 
 HF_KEYS = {  # after the "vit." prefix of ViTForImageClassification is removed
@@ -116,6 +119,7 @@ UNSUPPORTED = {  # a key fragment -> the feature it reveals, which vitlib's ViT 
     "fc_norm.": "a LayerNorm after pooling (timm fc_norm)",
     ".ls1.": "layer scale (timm init_values)",
     "reg_token": "register tokens (timm reg_tokens)",
+    "dist_token": "a distillation token (timm DeiT distilled models)",
     ".q_norm.": "query-key normalisation (timm qk_norm)",
     "norm_pre.": "a LayerNorm before the blocks (timm pre_norm)",
     "patch_embed.norm.": "a norm after the patch embedding (timm embed_norm_layer)",
@@ -128,6 +132,12 @@ UNSUPPORTED = {  # a key fragment -> the feature it reveals, which vitlib's ViT 
     "pre_logits": "a pre-logits layer before the head (to keep only the backbone, pass a config "
     "with num_classes=0)",
 }
+
+# what each converter reads from a model, besides its state dict
+TIMM_ATTRIBUTES = ("blocks", "norm", "patch_embed.grid_size", "global_pool", "has_class_token")
+TORCHVISION_ATTRIBUTES = ("conv_proj", "class_token", "encoder.layers", "encoder.ln")
+HF_ATTRIBUTES = ("config.hidden_act", "config.hidden_size", "config.num_attention_heads",
+                 "config.layer_norm_eps", "config.image_size")
 
 FORMATS = {  # detect_format's answer -> (a key fragment only that format has, its converter)
     "google": ("encoderblock", "load_google_npz"),
@@ -158,18 +168,22 @@ def from_timm(
 
     From a model, the config is read from it; a bare state dict needs ``config`` (the number
     of heads is not in the weights, and cannot be checked: give the right one). Models with a
-    class token that has no position (``no_embed_class``) get a zero slot in the table.
+    class token that has no position (``no_embed_class``) get a zero slot in the table; in a
+    bare state dict, a table whose length is a square is taken to be such a table.
     ``image_size`` resizes the position embedding (bicubic); without it the checkpoint's grid
     is kept, whatever ``config.image_size`` says.
     """
-    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-6
+    state_dict, num_heads, norm_eps, has_cls_slot = model_or_state_dict, None, 1e-6, None
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
+        _expect_vit(model, "timm", TIMM_ATTRIBUTES)
         _refuse("timm", _timm_module_features(model))
+        _require_square("timm", "patch grid", model.patch_embed.grid_size)
         num_heads, norm_eps = model.blocks[0].attn.num_heads, model.norm.eps
+        has_cls_slot = not getattr(model, "no_embed_class", False)
         state_dict = model.state_dict()
     _expect_format(state_dict, "timm")
-    return _build(dict(state_dict), "timm", config, image_size, num_heads, norm_eps)
+    return _build(dict(state_dict), "timm", config, image_size, num_heads, norm_eps, has_cls_slot)
 
 
 def from_torchvision(
@@ -178,17 +192,19 @@ def from_torchvision(
     *,
     image_size: int | None = None,
 ) -> ViT:
-    """A torchvision ``VisionTransformer`` (``vit_b_16`` and family, or its state dict) as a
-    vitlib ``ViT`` in eval mode. Config, ``image_size``: as in ``from_timm``."""
+    """A torchvision ``VisionTransformer`` (``vit_b_16`` and family, or its state dict, with
+    the MLP key names of current or older torchvision) as a vitlib ``ViT`` in eval mode.
+    Config, ``image_size``: as in ``from_timm``."""
     state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-6
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
+        _expect_vit(model, "torchvision", TORCHVISION_ATTRIBUTES)
         state_dict = model.state_dict()
         num_heads = model.encoder.layers[0].self_attention.num_heads
         norm_eps = model.encoder.ln.eps
     _expect_format(state_dict, "torchvision")
     state_dict = _rename(state_dict, TORCHVISION_KEYS, TORCHVISION_BLOCK, TORCHVISION_BLOCK_KEYS)
-    return _build(state_dict, "torchvision", config, image_size, num_heads, norm_eps)
+    return _build(state_dict, "torchvision", config, image_size, num_heads, norm_eps, True)
 
 
 def from_hf(
@@ -208,7 +224,9 @@ def from_hf(
     """
     state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-12
     if isinstance(model_or_state_dict, nn.Module):
+        _expect_vit(model_or_state_dict, "Hugging Face", HF_ATTRIBUTES)
         hf = model_or_state_dict.config
+        _require_square("Hugging Face", "image_size", hf.image_size)
         if hf.hidden_act != "gelu":
             raise ValueError(
                 f"this Hugging Face model uses hidden_act={hf.hidden_act!r}; vitlib's ViT uses "
@@ -228,7 +246,7 @@ def from_hf(
         if not key.startswith(HF_SKIPPED)
     }
     state_dict = _fuse_qkv(_rename(state_dict, HF_KEYS, HF_BLOCK, HF_BLOCK_KEYS))
-    return _build(state_dict, "hf", config, image_size, num_heads, norm_eps)
+    return _build(state_dict, "hf", config, image_size, num_heads, norm_eps, True)
 
 
 def load_google_npz(
@@ -261,10 +279,13 @@ def load_google_npz(
     _expect_format(arrays, "google")
     query = re.compile(r"Transformer/encoderblock_0/MultiHeadDotProductAttention_\d/query/kernel")
     num_heads = next((a.shape[1] for k, a in arrays.items() if query.fullmatch(k)), None)
+    has_cls_slot = "pos_embedding" not in arrays  # big_vision gives the class token no position
     state_dict = {key: _google_tensor(key, value) for key, value in arrays.items()}
     state_dict = _rename(state_dict, GOOGLE_KEYS, GOOGLE_BLOCK, GOOGLE_BLOCK_KEYS)
     state_dict = {re.sub(r"\.(kernel|scale)$", ".weight", k): v for k, v in state_dict.items()}
-    return _build(_fuse_qkv(state_dict), "google", config, image_size, num_heads, 1e-6)
+    return _build(
+        _fuse_qkv(state_dict), "google", config, image_size, num_heads, 1e-6, has_cls_slot
+    )
 
 
 def load_pretrained(
@@ -393,14 +414,17 @@ def _build(
     image_size: int | None,
     num_heads: int | None,
     norm_eps: float,
+    has_cls_slot: bool | None,
 ) -> ViT:
-    """A ViT from a state dict already in vitlib's names."""
+    """A ViT from a state dict already in vitlib's names. ``has_cls_slot``: whether the
+    source's position table has the class token's slot (None: not known, see
+    ``_class_token_slot``)."""
     if config is not None and config.num_classes == 0:  # backbone only
         head = re.compile(r"head\.|.*pre_logits")
         state_dict = {k: v for k, v in state_dict.items() if not head.match(k)}
     used = [f for fragment, f in UNSUPPORTED.items() if any(fragment in k for k in state_dict)]
     _refuse(source, used)
-    state_dict = _class_token_slot(state_dict)
+    state_dict = _class_token_slot(state_dict, has_cls_slot)
     found = _config_fields(state_dict)
     if config is None:
         if num_heads is None:
@@ -428,11 +452,19 @@ def _build(
     return model.eval()
 
 
-def _class_token_slot(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def _class_token_slot(
+    state_dict: dict[str, Tensor], has_slot: bool | None = None
+) -> dict[str, Tensor]:
     """A table without the class token's slot (timm no_embed_class, big_vision) gets a zero
-    slot there: the class token then has no position, as in the source."""
+    slot there: the class token then has no position, as in the source. ``has_slot`` says
+    whether the table has it; None (a bare timm state dict) guesses that a table whose length
+    is a square lacks it."""
     pos, cls = state_dict.get("pos_embed"), state_dict.get("cls_token")
-    if pos is None or cls is None or math.isqrt(pos.shape[1]) ** 2 != pos.shape[1]:
+    if pos is None or cls is None:
+        return state_dict
+    if has_slot is None:
+        has_slot = math.isqrt(pos.shape[1]) ** 2 != pos.shape[1]
+    if has_slot:
         return state_dict
     return {**state_dict, "pos_embed": torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], 1)}
 
@@ -482,7 +514,9 @@ def _timm_module_features(model: nn.Module) -> list[str]:
         f"global_pool={model.global_pool!r} with class_token={model.has_class_token}":
             (model.global_pool, model.has_class_token) not in [("token", True), ("avg", False)],
         "a norm after pooling instead of on all tokens (fc_norm=True or final_norm=False)":
-            not isinstance(model.norm, nn.LayerNorm),
+            isinstance(model.norm, nn.Identity),
+        f"the final norm {type(model.norm).__name__}":
+            not isinstance(model.norm, (nn.LayerNorm, nn.Identity)),
         f"blocks of kind {kinds}": kinds != ("Block", "Attention", "Mlp"),
         f"the activation {act}": not (  # torch's or timm's exact GELU
             type(act).__name__ == "GELU" and getattr(act, "approximate", "none") == "none"
@@ -490,6 +524,32 @@ def _timm_module_features(model: nn.Module) -> list[str]:
         f"the norm layer {type(norm).__name__}": not isinstance(norm, nn.LayerNorm),
     }
     return [feature for feature, present in checks.items() if present]
+
+
+def _expect_vit(model: nn.Module, source: str, attributes: tuple[str, ...]) -> None:
+    """Refuse a module that lacks the attributes its converter reads from a ``source`` ViT."""
+    absent = []
+    for name in attributes:
+        try:
+            operator.attrgetter(name)(model)
+        except AttributeError:
+            absent.append(name)
+    if absent:
+        raise ValueError(
+            f"got a {type(model).__name__} (from {type(model).__module__}), which is not a "
+            f"{source} Vision Transformer: it has no {', '.join(absent)}. Pass a {source} "
+            "Vision Transformer (vitlib.interop lists the kinds that convert)"
+        )
+
+
+def _require_square(source: str, what: str, size: int | tuple[int, int] | list[int]) -> None:
+    """Refuse a model built for non-square images: vitlib's position table is a square grid."""
+    height, width = (size, size) if isinstance(size, int) else size
+    if height != width:
+        raise ValueError(
+            f"this {source} model is built for non-square images (its {what} is "
+            f"{height}×{width}); vitlib needs square images, so convert a model built for them"
+        )
 
 
 def _refuse(source: str, features: list[str]) -> None:
