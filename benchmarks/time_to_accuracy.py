@@ -108,17 +108,18 @@ def parse_variants(specs: list[str]) -> list[tuple[str, str, argparse.Namespace]
 def settings(args: argparse.Namespace, variant: argparse.Namespace | None = None
              ) -> tuple[ViTConfig, TrainConfig]:
     """The recipe with the command line's changes, then the variant's; validation stays at
-    about 10 points along the run when ``--budget`` shortens or lengthens it."""
+    about 10 points along the run when ``--budget`` shortens or lengthens the recipe's."""
     model_config, config = get_recipe(args.recipe)
     if args.smoke:
         model_config = dataclasses.replace(model_config, **SMOKE_MODEL)
     changes: dict = {"progress": False}
-    if args.budget is not None and config.time_budget_s:
-        changes["eval_every"] = max(1, round(config.eval_every * args.budget
-                                             / config.time_budget_s))
+    if args.budget is not None:
         changes["time_budget_s"] = args.budget
-    if args.smoke:
-        changes |= SMOKE_TRAIN
+        if config.time_budget_s:
+            changes["eval_every"] = max(1, round(config.eval_every * args.budget
+                                                 / config.time_budget_s))
+    if args.smoke:  # tiny sizes, under the budget when one is given
+        changes = SMOKE_TRAIN | changes
     config = dataclasses.replace(config, **changes)
     model_config, config = apply_recipe_flags(args, model_config, config)
     if variant is not None:
@@ -217,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                     for name, flags, parsed in parse_variants(args.variant)]
     except ValueError as err:  # a bad flag value, or a setting the configs refuse
         parser.error(str(err))
+    for name, _, _, config in variants:
+        if config.val_size == 0:
+            which = "" if name == "recipe" else f" (variant {name!r})"
+            parser.error(f"--val-size 0{which}: the script chooses the reported weights on the "
+                         "validation split (raw or averaged, with or without flip), so it needs "
+                         "a val_size above 0")
     started = time.perf_counter()
     _, _, _, config = variants[0]
     device = pick_device(config.device)

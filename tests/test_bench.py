@@ -493,6 +493,23 @@ def test_time_to_accuracy_budget_keeps_about_ten_validations(script):
     assert model.token_drop == 0.5 and model.embed_dim == 192  # the recipe's model, dropping
 
 
+def test_time_to_accuracy_budget_also_limits_a_recipe_without_one(script):
+    _, config = script.settings(script.build_parser().parse_args(
+        ["--recipe", "gpu", "--budget", "60"]))
+    assert config.time_budget_s == 60 and config.eval_every == 1  # the recipe's validations
+    _, smoke = script.settings(script.build_parser().parse_args(["--smoke", "--budget", "5"]))
+    assert smoke.time_budget_s == 5 and smoke.epochs == 2  # smoke sizes, under the budget
+
+
+@pytest.mark.parametrize("flags", [["--val-size", "0"], ["--variant", "all=--val-size 0"]])
+def test_time_to_accuracy_refuses_to_run_without_validation(script, flags, monkeypatch, capsys):
+    monkeypatch.setattr(script, "run_seed", lambda *args: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--smoke", *flags])
+    assert exit_info.value.code == 2
+    assert "chooses the reported weights on the validation split" in capsys.readouterr().err
+
+
 def test_time_to_accuracy_takes_the_train_commands_recipe_flags(script):
     model, config = script.settings(script.build_parser().parse_args(
         ["--recipe", "cifar_fast_30", "--drop-path", "0.1", "--batch-size", "512", "--lr",

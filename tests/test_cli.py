@@ -10,6 +10,8 @@ import torch
 
 from vitlib.__main__ import main
 from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from vitlib.data import synthetic_cifar
+from vitlib.train import TrainConfig, train
 
 SMOKE = ["train", "--smoke", "--threads", "1"]
 
@@ -185,3 +187,15 @@ def test_resume_of_a_finished_run_says_how_to_train_further(smoke_run, tmp_path,
     (out / CHECKPOINT_NAME).write_bytes((smoke_run / CHECKPOINT_NAME).read_bytes())
     assert main([*SMOKE, "--out", str(out), "--resume"]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+def test_resume_of_a_module_that_is_not_a_vit_says_to_resume_from_python(tmp_path, capsys):
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    train(cnn, TrainConfig(epochs=1, batch_size=64, val_size=64, max_train_samples=128,
+                           device="cpu", num_threads=1, out_dir=str(tmp_path), progress=False,
+                           quiet=True), synthetic_cifar(n_train=512, n_test=64))
+    assert main(["train", "--resume", str(tmp_path), "--data", "synthetic", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a Sequential, and the command line resumes vitlib ViTs only" in err
+    assert "train(model, config, data, resume=" in err

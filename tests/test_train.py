@@ -165,11 +165,44 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
         train(MODEL, config(tmp_path, quiet=False), data)
     out = capsys.readouterr().out
     assert "training stopped at once in step 27" in out
-    assert f"the last checkpoint {tmp_path / CHECKPOINT_NAME} (end of epoch 1) is kept" in out
+    assert (f"the last checkpoint {tmp_path / CHECKPOINT_NAME} (step 25, end of epoch 1) is kept"
+            in out)
     assert load_checkpoint(tmp_path)["progress"] == {
         "epoch": 1, "batch": 0, "step": 25, "world_size": 1,
         "train_time_s": load_checkpoint(tmp_path)["progress"]["train_time_s"],
     }
+
+
+def test_second_ctrl_c_names_the_mid_epoch_checkpoint_it_keeps(data, tmp_path, monkeypatch,
+                                                              capsys):
+    press_ctrl_c_at(monkeypatch, {3})  # a checkpoint at step 10, mid-epoch
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path), data)
+    monkeypatch.undo()
+    press_ctrl_c_at(monkeypatch, {2, 3})  # resumed, then stopped at once
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path, quiet=False), data, resume=tmp_path)
+    out = capsys.readouterr().out
+    assert (f"the last checkpoint {tmp_path / CHECKPOINT_NAME} (step 10, batch 10 of epoch 1) "
+            "is kept") in out
+
+
+def test_ctrl_c_at_the_end_of_an_epoch_validates_only_where_a_straight_run_does(
+    data, tmp_path, monkeypatch
+):
+    straight = train(MODEL, config(tmp_path / "a", eval_every=2), data)
+    assert [r["val_acc"] is not None for r in straight.epochs] == [False, True]
+
+    press_ctrl_c_at(monkeypatch, {23})  # noticed at the check after the epoch's last step
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path / "b", eval_every=2), data)
+    monkeypatch.undo()
+    progress = load_checkpoint(tmp_path / "b")["progress"]
+    assert (progress["epoch"], progress["batch"]) == (1, 0)  # saved all the same
+
+    resumed = train(MODEL, config(tmp_path / "b", eval_every=2), data, resume=tmp_path / "b")
+    assert without_timing(resumed) == without_timing(straight)
+    assert_same_run(tmp_path / "a" / CHECKPOINT_NAME, tmp_path / "b" / CHECKPOINT_NAME)
 
 
 def test_nan_loss_stops_with_advice_and_keeps_the_last_checkpoint(data, tmp_path):
@@ -230,6 +263,32 @@ def test_resume_with_another_model_shape_is_refused(data, tmp_path):
     wider = replace(MODEL, embed_dim=32)
     with pytest.raises(ValueError, match="different model shape.*embed_dim: checkpoint 16"):
         train(wider, config(tmp_path, epochs=2), data, resume=tmp_path)
+
+
+def test_resume_takes_the_weight_decay_of_the_new_settings(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1, weight_decay=0.05, layer_decay=0.5), data)
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(tmp_path, epochs=2, weight_decay=0.5, layer_decay=0.5),
+                            data, one)
+    fresh = [(g["weight_decay"], g["lr_scale"]) for g in run.optimizer.param_groups]
+    assert {decay for decay, _ in fresh} == {0.0, 0.5}
+    run.restore(tmp_path)
+    assert [(g["weight_decay"], g["lr_scale"]) for g in run.optimizer.param_groups] == fresh
+    assert run.optimizer.state  # the moments came from the checkpoint
+
+
+def test_resume_with_another_layer_decay_is_refused(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1), data)
+    with pytest.raises(ValueError, match="trained with layer_decay 1, this run asks for 0.5; "
+                                         "resume with layer_decay=1"):
+        train(MODEL, config(tmp_path, epochs=2, layer_decay=0.5), data, resume=tmp_path)
+
+
+def test_running_sums_avoid_float64_where_the_device_has_none():
+    assert train_module._widest_float(torch.device("mps")) == torch.float32  # Apple GPUs
+    assert train_module._widest_float(torch.device("cpu")) == torch.float64
+    assert train_module._widest_float(torch.device("cuda", 0)) == torch.float64
 
 
 def test_resume_from_a_missing_checkpoint_is_refused(data, tmp_path):

@@ -247,6 +247,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         resume = args.resume or (args.out or default_out)
         saved = load_checkpoint(resume)
+        if saved["model_config"] is None:  # its class is the caller's: only Python can rebuild it
+            raise ValueError(
+                f"checkpoint {resume} holds a {saved.get('model_class', 'module')}, and the "
+                "command line resumes vitlib ViTs only; resume other modules from Python with "
+                f"train(model, config, data, resume={resume!r})"
+            )
         config = TrainConfig.from_dict(saved["train_config"])
         config = dataclasses.replace(config, progress=True, quiet=False)
         if args.preset is None:  # keep the checkpoint's shape unless another is asked for

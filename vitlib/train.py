@@ -387,6 +387,11 @@ class _Process:
         return self.rank == 0
 
 
+def _widest_float(device: torch.device) -> torch.dtype:
+    """float64, or float32 on a device without float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """The device ``name`` means: "auto" is this process's GPU if PyTorch sees one, else the
     CPU; "cuda" is this process's GPU (``local_rank``); anything else as PyTorch reads it."""
@@ -539,6 +544,8 @@ class _Run:
             sample = train_split.subset(min(WHITEN_IMAGES, len(train_split)), seed=config.seed)
             model.patch_embed.whiten_(normalize(sample.images.to(device), CIFAR10_MEAN,
                                                 CIFAR10_STD))
+        if proc.rank > 0:  # dropout, drop-path and token-drop masks of its own in each process
+            torch.manual_seed(config.seed + 1_000_003 * proc.rank)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay else None
         self.optimizer = make_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -598,14 +605,24 @@ class _Run:
             "loss": torch.zeros((), device=device),
             "correct": torch.zeros((), device=device, dtype=torch.long),
             "seen": torch.zeros((), device=device, dtype=torch.long),
-            "time": torch.zeros((), device=device, dtype=torch.float64),
+            "time": torch.zeros((), device=device, dtype=_widest_float(device)),
         }
+
+    def _sums_of_all_processes(self) -> dict[str, Tensor]:
+        """A copy of the epoch's running totals, each added up over the processes; "time", the
+        same in every process, as it is."""
+        sums = {k: v.clone() for k, v in self.sums.items()}
+        if self.proc.world_size > 1:
+            for key in ("loss", "correct", "seen"):
+                dist.all_reduce(sums[key])
+        return sums
 
     # --- checkpoints ---
 
     def state(self) -> dict:
         """Everything needed to continue exactly, as plain tensors, dicts, lists and numbers.
-        Collective: every process must call it (each contributes its random-generator states)."""
+        Collective: every process must call it (each contributes its random-generator states
+        and its share of the epoch's sums)."""
         rng = {"torch": torch.get_rng_state(), "augment": self.generator.get_state()}
         if self.proc.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.proc.device)
@@ -623,7 +640,7 @@ class _Run:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                          "train_time_s": self.train_time, "world_size": self.proc.world_size},
-            "epoch_sums": {k: v.cpu() for k, v in self.sums.items()},
+            "epoch_sums": {k: v.cpu() for k, v in self._sums_of_all_processes().items()},
             "rng": rngs,
             "history": self.history.to_dict(),
         }
@@ -676,17 +693,27 @@ class _Run:
                 f"asks for {self.config.muon_lr_ratio:g}; resume with the same ratio "
                 f"(--muon-lr-ratio {saved_ratio:g}), or start a new run in another out_dir"
             )
+        saved_layer_decay = saved_config.get("layer_decay", 1.0)  # 1 before there was one
+        if saved_layer_decay != self.config.layer_decay:
+            raise ValueError(
+                f"checkpoint {path} was trained with layer_decay {saved_layer_decay:g}, this run "
+                f"asks for {self.config.layer_decay:g}; resume with layer_decay="
+                f"{saved_layer_decay:g}, or start a new run in another out_dir"
+            )
         device = self.proc.device
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
         self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
         self.train_time = progress["train_time_s"]
-        self.sums = {k: v.to(device) for k, v in state["epoch_sums"].items()}
+        fresh = self._zero_sums()
+        sums = {k: v.to(device, fresh[k].dtype) for k, v in state["epoch_sums"].items()}
+        # the totals of all processes: counted once, by the main process, with any number of them
+        self.sums = sums if self.proc.is_main else {**fresh, "time": sums["time"]}
         self.history = History.from_dict(state["history"])
         rngs = state["rng"]
         # a generator's state fits only a generator of its kind (a CPU one and a CUDA one differ)
@@ -703,6 +730,14 @@ class _Run:
                       f"written on another kind of device, resumed on {device.type}")
             tqdm.write(f"note: checkpoint {change}; the random draws will differ from an "
                        "uninterrupted run")
+
+    def _load_optimizer(self, saved: dict) -> None:
+        """The checkpoint's optimizer state (moments, step counts) under this run's weight decay
+        and lr scales: the settings its checkpoints record from now on."""
+        settings = [(g["weight_decay"], g["lr_scale"]) for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved)  # takes the saved groups' settings too
+        for group, (decay, scale) in zip(self.optimizer.param_groups, settings, strict=True):
+            group["weight_decay"], group["lr_scale"] = decay, scale
 
     # --- the loop ---
 
@@ -785,7 +820,7 @@ class _Run:
         self.train_time = time_before + time.perf_counter() - started
         flags = torch.tensor(
             [float(stop.requested), float(bad_step), self.train_time],
-            dtype=torch.float64, device=self.proc.device,
+            dtype=_widest_float(self.proc.device), device=self.proc.device,
         )
         if self.proc.world_size > 1:  # the same decision in every process
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -857,10 +892,7 @@ class _Run:
 
     def _end_epoch(self, validate: bool) -> dict:
         """Record the finished (or partial) epoch, with validation on the main process."""
-        sums = {k: v.clone() for k, v in self.sums.items()}
-        if self.proc.world_size > 1:
-            for key in ("loss", "correct", "seen"):
-                dist.all_reduce(sums[key])
+        sums = self._sums_of_all_processes()
         seen = max(int(sums["seen"]), 1)
         record = {
             "epoch": round(self.epoch + self.batch / self.steps_per_epoch, 4),
@@ -915,7 +947,7 @@ class _Run:
                     self.epoch, self.batch = self.epoch + 1, 0
                 saved = False
                 if finished or reason == "time budget":
-                    last = reason is not None or self.epoch == c.epochs
+                    last = reason == "time budget" or self.epoch == c.epochs
                     saved = last or self.epoch % c.eval_every == 0
                     self._end_epoch(validate=saved)
                     if saved:
@@ -945,8 +977,8 @@ class _Run:
         except KeyboardInterrupt:
             if self.show and not self._saved_on_interrupt:
                 path = Path(self.config.out_dir or ".") / CHECKPOINT_NAME
-                left = (f"the last checkpoint {path} (end of epoch "
-                        f"{load_checkpoint(path)['progress']['epoch']}) is kept; continue with "
+                left = (f"the last checkpoint {path} "
+                        f"({_where(load_checkpoint(path)['progress'])}) is kept; continue with "
                         f"`python -m vitlib train --resume {path}`"
                         if self.config.out_dir and path.exists() else "no checkpoint was saved")
                 tqdm.write(f"training stopped at once in step {self.step}; {left}")
@@ -1004,6 +1036,14 @@ class _Run:
             f"{self.precision}\n{len(self.labels)} train / {val} val images, batch "
             f"{c.batch_size}{repeats}, lr {c.lr:g}, up to {c.epochs} epochs{budget}"
         )
+
+
+def _where(progress: dict) -> str:
+    """Where a checkpoint's run stopped, from its progress: "step 25, end of epoch 1" or
+    "step 30, batch 5 of epoch 2"."""
+    epoch, batch = progress["epoch"], progress["batch"]
+    within = f"end of epoch {epoch}" if batch == 0 else f"batch {batch} of epoch {epoch + 1}"
+    return f"step {progress['step']}, {within}"
 
 
 def _minutes(seconds: float) -> str:
