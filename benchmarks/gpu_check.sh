@@ -48,8 +48,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'cuda', torch.version.cuda, 'cpus', __import__('os').cpu_count())"
 
-# keep at least 85 s for step 2
-cap=$(($(left) - 85)); [ "$cap" -lt 75 ] && cap=75
+# keep at least 85 s for step 2, and stop a hung step at 200 s (it took 75-85 s on an H200)
+cap=$(($(left) - 85)); [ "$cap" -lt 75 ] && cap=75; [ "$cap" -gt 200 ] && cap=200
 run bench_fast 60 "$cap" $PY -m vitlib bench --rows typical,fast,trainer --json "$OUT/bench.json" \
     --profile fast --deadline 120 ${SMOKE[@]+"${SMOKE[@]}"}
 rc=$?
@@ -85,7 +85,7 @@ if [ $rc -ne 0 ] && ! timed_out $rc; then
 fi
 run bench_timm 60 75 $PY -m vitlib bench --rows timm --json "$OUT/bench.json" \
     --no-ceilings ${SMOKE[@]+"${SMOKE[@]}"}
-run tta30 75 110 $PY benchmarks/time_to_accuracy.py --recipe cifar_fast_30 \
+run tta30 75 120 $PY benchmarks/time_to_accuracy.py --recipe cifar_fast_30 \
     ${ATTENTION_FLAG[@]+"${ATTENTION_FLAG[@]}"} --json "$OUT/tta30.json" \
     ${SMOKE[@]+"${SMOKE[@]}"}
 run optimizer 20 40 $PY benchmarks/optimizer_step.py ${SMOKE[@]+"${SMOKE[@]}"}

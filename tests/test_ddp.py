@@ -96,7 +96,9 @@ def token_drop_runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     script = root / "run.py"
     script.write_text(RUN_WITH_TOKEN_DROP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = str(Path(__file__).resolve().parents[1])  # the script runs outside the checkout
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     for mode in ("straight", "interrupt", "resume"):
         out = root / ("a" if mode == "straight" else "b")
         out.mkdir(exist_ok=True)
