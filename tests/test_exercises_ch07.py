@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vitlib.exercises import ch07
 
@@ -100,10 +101,24 @@ def crop_centre(images, padding, generator):
     return images
 
 
+def crop_padding_4(images, padding, generator):
+    return crop_right(images, 4, generator)
+
+
+def crop_padding_2(images, padding, generator):
+    return crop_right(images, 2, generator)
+
+
+def crop_as_float(images, padding, generator):
+    return crop_right(images.float(), padding, generator)
+
+
 def test_zero_pad_crop():
     assert passes(ch07.check_zero_pad_crop(crop_right, quiet=True))
-    for wrong in (crop_reflect, crop_axes_swapped, crop_centre):
+    for wrong in (crop_reflect, crop_axes_swapped, crop_centre, crop_padding_4, crop_padding_2):
         assert fails_with_hint(ch07.check_zero_pad_crop(wrong, quiet=True))
+    as_float = ch07.check_zero_pad_crop(crop_as_float, quiet=True)
+    assert fails_with_hint(as_float) and "dtype" in as_float.message
 
 
 # --- soft-target cross-entropy --------------------------------------------------------------
@@ -125,11 +140,33 @@ def soft_ce_log_of_logits(logits, targets):
     return -(targets * logits.log_softmax(dim=0)).sum(dim=-1).mean()
 
 
+def soft_ce_logsumexp(logits, targets):
+    log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)
+    return -(targets * log_probs).sum(dim=-1).mean()
+
+
+def soft_ce_log_of_softmax(logits, targets):
+    return -(targets * logits.softmax(dim=-1).log()).sum(dim=-1).mean()
+
+
+def soft_ce_module(logits, targets):
+    return nn.CrossEntropyLoss()(logits, targets)
+
+
+@pytest.mark.parametrize("right", [soft_ce_right, soft_ce_logsumexp])
+def test_soft_cross_entropy_right(right):
+    assert passes(ch07.check_soft_cross_entropy(right, quiet=True))
+
+
 def test_soft_cross_entropy():
-    assert passes(ch07.check_soft_cross_entropy(soft_ce_right, quiet=True))
-    assert passes(ch07.check_soft_cross_entropy(F.cross_entropy, quiet=True))
-    for wrong in (soft_ce_mean_over_all, soft_ce_argmax, soft_ce_log_of_logits):
+    for wrong in (soft_ce_mean_over_all, soft_ce_argmax, soft_ce_log_of_logits,
+                  soft_ce_log_of_softmax):
         assert fails_with_hint(ch07.check_soft_cross_entropy(wrong, quiet=True))
+    for library in (F.cross_entropy, soft_ce_module):
+        result = ch07.check_soft_cross_entropy(library, quiet=True)
+        assert fails_with_hint(result) and "cross_entropy is not allowed" in result.message
+    logits, targets = torch.randn(2, 3), torch.full((2, 3), 1 / 3)
+    assert torch.allclose(F.cross_entropy(logits, targets), soft_ce_right(logits, targets))
 
 
 # --- cutmix label weight --------------------------------------------------------------------
@@ -155,7 +192,14 @@ def weight_negative_lengths(top, left, height, width, image_size):
     return 1 - rows * cols / image_size**2
 
 
+def weight_negative_area(top, left, height, width, image_size):
+    rows = min(top + height, image_size) - max(top, 0)
+    cols = min(left + width, image_size) - max(left, 0)
+    return 1 - max(0, rows * cols) / image_size**2  # two negative lengths make a positive area
+
+
 def test_cutmix_weight():
     assert passes(ch07.check_cutmix_weight(weight_right, quiet=True))
-    for wrong in (weight_unclipped, weight_pasted_share, weight_negative_lengths):
+    for wrong in (weight_unclipped, weight_pasted_share, weight_negative_lengths,
+                  weight_negative_area):
         assert fails_with_hint(ch07.check_cutmix_weight(wrong, quiet=True))

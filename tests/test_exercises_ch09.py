@@ -115,11 +115,39 @@ def loss_scale_not_a_power_of_two(grads):
     return 65504 / grads.abs().max().item()
 
 
+def loss_scale_signed_max(grads):
+    largest = grads.max().item()  # misses a large negative gradient
+    return 2.0 ** math.floor(math.log2(65504 / largest)) if largest > 0 else 2.0**24
+
+
+def loss_scale_strict(grads):
+    largest = grads.abs().max().item()
+    k = math.floor(math.log2(65504 / largest))
+    while largest * 2.0**k >= 65504:  # < instead of ≤: refuses a product of exactly 65504
+        k -= 1
+    return 2.0**k
+
+
+def loss_scale_ceil_minus_one(grads):
+    return 2.0 ** (math.ceil(math.log2(65504 / grads.abs().max().item())) - 1)
+
+
+def loss_scale_limit_2_16(grads):
+    return 2.0 ** math.floor(math.log2(65536 / grads.abs().max().item()))
+
+
 @pytest.mark.parametrize("wrong", [loss_scale_bf16_max, loss_scale_smallest_grad,
-                                   loss_scale_not_a_power_of_two, lambda grads: 65536.0])
+                                   loss_scale_not_a_power_of_two, lambda grads: 65536.0,
+                                   loss_scale_signed_max, loss_scale_strict,
+                                   loss_scale_ceil_minus_one, loss_scale_limit_2_16])
 def test_loss_scale(wrong):
     assert passes(ch09.check_loss_scale(loss_scale_right, quiet=True))
     assert fails_with_hint(ch09.check_loss_scale(wrong, quiet=True))
+
+
+def test_reference_loss_scale_at_the_edges():
+    for grads, want in (([-3e4, 1.0], 2.0), ([16376.0, -2.0], 4.0), ([16380.0, 3.0], 2.0)):
+        assert ch09.reference_loss_scale(torch.tensor(grads)) == want
 
 
 def test_reference_loss_scale_fits_and_doubling_does_not():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from vitlib.exercises import ch11
+from vitlib.finetune import replace_head
 
 
 def passes(result) -> bool:
@@ -55,12 +56,36 @@ def replace_head_resets_everything(model, num_classes):
     return replace_head_right(model, num_classes)
 
 
+def replace_head_frozen_head(model, num_classes):
+    replace_head_right(model, num_classes)
+    model.head.requires_grad_(False)
+    return model
+
+
+def replace_head_freezes_everything(model, num_classes):
+    model.requires_grad_(False)
+    return replace_head_right(model, num_classes)
+
+
+def replace_head_unfreezes_everything(model, num_classes):
+    model.requires_grad_(True)
+    return replace_head_right(model, num_classes)
+
+
 @pytest.mark.parametrize(
     "wrong", [replace_head_random_init, replace_head_config_unchanged, replace_head_without_bias,
-              replace_head_resets_everything, lambda model, n: None]
+              replace_head_resets_everything, lambda model, n: None, replace_head_frozen_head,
+              replace_head_freezes_everything, replace_head_unfreezes_everything]
 )
 def test_replace_head(wrong):
     assert fails_with_hint(ch11.check_replace_head(wrong, quiet=True))
+
+
+def test_replace_head_names_the_requires_grad_change():
+    frozen = ch11.check_replace_head(replace_head_frozen_head, quiet=True)
+    assert "does not train" in frozen.message
+    unfrozen = ch11.check_replace_head(replace_head_unfreezes_everything, quiet=True)
+    assert "requires_grad of the backbone's patch_embed" in unfrozen.message
 
 
 # --- trainable parameters after freezing ----------------------------------------------------
@@ -86,10 +111,22 @@ def trainable_count_always_qkv_bias(c, last_blocks):
     return trainable_count_right(c, last_blocks) + extra
 
 
-@pytest.mark.parametrize("wrong", [trainable_count_no_norm, trainable_count_always_qkv_bias])
+def trainable_count_whole_mlp_ratio(c, last_blocks):
+    d = c.embed_dim
+    extra = last_blocks * (2 * d + 1) * (d * int(c.mlp_ratio) - int(d * c.mlp_ratio))
+    return trainable_count_right(c, last_blocks) + extra
+
+
+@pytest.mark.parametrize("wrong", [trainable_count_no_norm, trainable_count_always_qkv_bias,
+                                   trainable_count_whole_mlp_ratio])
 def test_trainable_count(wrong):
     result = ch11.check_trainable_count(wrong, quiet=True)
     assert fails_with_hint(result) and "parameters train" in result.message
+
+
+def test_trainable_count_wants_an_int():
+    as_float = ch11.check_trainable_count(lambda c, n: float(trainable_count_right(c, n)), True)
+    assert fails_with_hint(as_float) and "should be an int" in as_float.message
 
 
 # --- layer-wise learning-rate decay ---------------------------------------------------------
@@ -126,8 +163,14 @@ def test_layer_decay(wrong):
     assert fails_with_hint(result) and "× lr" in result.message
 
 
+def test_layer_decay_refuses_nan():
+    result = ch11.check_layer_decay(lambda name, depth, decay: float("nan"), quiet=True)
+    assert fails_with_hint(result) and "nan" in result.message
+
+
 def test_right_answers_pass():
     assert passes(ch11.check_replace_head(replace_head_right, quiet=True))
+    assert passes(ch11.check_replace_head(replace_head, quiet=True))
     assert passes(ch11.check_trainable_count(trainable_count_right, quiet=True))
     assert passes(ch11.check_layer_decay(lr_scale_right, quiet=True))
 

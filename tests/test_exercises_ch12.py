@@ -1,10 +1,10 @@
 """Each exercise check of notebook 12 passes a right answer and fails wrong ones with a hint."""
 
-import math
-
 import pytest
 import torch
+import torch.nn.functional as F
 
+import vitlib
 from vitlib import unpatchify
 from vitlib.exercises import ch12
 
@@ -124,17 +124,37 @@ def test_tubelet_tokens(wrong):
     assert fails_with_hint(result) and "product" in result.message
 
 
-def test_tubelet_tokens_accepts_an_integer_valued_float():
-    as_float = lambda *args: float(tokens_right(*args))  # noqa: E731
-    assert passes(ch12.check_tubelet_tokens(as_float, quiet=True))
-    assert math.isclose(as_float(16, 224, 2, 16), 1568)
+def test_tubelet_tokens_wants_an_int():
+    as_float = ch12.check_tubelet_tokens(lambda *args: float(tokens_right(*args)), quiet=True)
+    assert fails_with_hint(as_float) and "should be an int, got 1568.0" in as_float.message
+    array = ch12.check_tubelet_tokens(lambda *args: torch.zeros(2), quiet=True)
+    assert fails_with_hint(array) and "should be an int, got a tensor" in array.message
 
 
 # --- segmentation logits --------------------------------------------------------------------
 
 
 def logits_right(tokens, linear, patch_size, grid, num_classes):
-    return unpatchify(linear(tokens), patch_size, grid, num_classes)
+    B, p, (gh, gw) = tokens.shape[0], patch_size, grid
+    x = linear(tokens).reshape(B, gh, gw, num_classes, p, p)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, num_classes, gh * p, gw * p)
+
+
+def logits_unpatchify(tokens, linear, patch_size, grid, num_classes):
+    return vitlib.unpatchify(linear(tokens), patch_size, grid, num_classes)
+
+
+def logits_patches_unpatchify(tokens, linear, patch_size, grid, num_classes):
+    return vitlib.patches.unpatchify(linear(tokens), patch_size, grid, num_classes)
+
+
+def logits_imported_unpatchify(tokens, linear, patch_size, grid, num_classes):
+    return unpatchify(linear(tokens), patch_size, grid, num_classes)  # imported before the check
+
+
+def logits_fold(tokens, linear, patch_size, grid, num_classes):
+    size = (grid[0] * patch_size, grid[1] * patch_size)
+    return F.fold(linear(tokens).transpose(1, 2), size, patch_size, stride=patch_size)
 
 
 def logits_plain_reshape(tokens, linear, patch_size, grid, num_classes):
@@ -153,6 +173,17 @@ def test_segmentation_logits(wrong):
     assert passes(ch12.check_segmentation_logits(logits_right, quiet=True))
     result = ch12.check_segmentation_logits(wrong, quiet=True)
     assert fails_with_hint(result) and "unpatchify" in result.message
+
+
+@pytest.mark.parametrize("library", [logits_unpatchify, logits_patches_unpatchify,
+                                     logits_imported_unpatchify, logits_fold])
+def test_segmentation_logits_refuses_the_library(library):
+    result = ch12.check_segmentation_logits(library, quiet=True)
+    assert fails_with_hint(result) and "is not allowed in this exercise" in result.message
+    tokens, linear = torch.randn(2, 4, 6), torch.nn.Linear(6, 3 * 2 * 2)
+    with torch.no_grad():  # the library answers are right, and work again after the check
+        assert torch.allclose(library(tokens, linear, 2, (2, 2), 3),
+                              logits_right(tokens, linear, 2, (2, 2), 3), atol=1e-6)
 
 
 def test_segmentation_logits_reports_an_exception():

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from vitlib import ViTConfig
 from vitlib.exercises import ch04, ch05, ch06
@@ -56,9 +58,16 @@ def invariant_instead(f, x):
     return torch.allclose(f(x[:, perm]), f(x), atol=1e-5)
 
 
+def equivariant_loose(f, x):
+    perm = torch.randperm(x.shape[1])
+    return torch.allclose(f(x[:, perm]), f(x)[:, perm], atol=1e-2)
+
+
 def test_permutation_equivariance():
     assert passes(ch04.check_permutation_equivariance(equivariant_right, quiet=True))
     assert fails_with_hint(ch04.check_permutation_equivariance(invariant_instead, quiet=True))
+    loose = ch04.check_permutation_equivariance(equivariant_loose, quiet=True)
+    assert fails_with_hint(loose) and "tiny position embedding" in loose.message
     always = ch04.check_permutation_equivariance(lambda f, x: True, quiet=True)
     assert fails_with_hint(always) and "right answer is False" in always.message
     none = ch04.check_permutation_equivariance(lambda f, x: None, quiet=True)
@@ -78,10 +87,29 @@ def resized_linear(shape, new_image_size, patch_size, num_prefix_tokens):
     return (shape[0], num_prefix_tokens + new_image_size // patch_size, shape[2])
 
 
+def test_equivariance_cases_are_labelled_right():
+    x = torch.randn(2, 8, 16)
+    with torch.no_grad():
+        for what, f, want in ch04._equivariance_cases(dim=16):
+            perm = torch.roll(torch.arange(8), 3)  # every token moves
+            assert torch.allclose(f(x[:, perm]), f(x)[:, perm], atol=1e-5) == want, what
+
+
+def resized_float_grid(shape, new_image_size, patch_size, num_prefix_tokens):
+    return (shape[0], num_prefix_tokens + (new_image_size / patch_size) ** 2, shape[2])
+
+
 @pytest.mark.parametrize("wrong", [resized_without_prefix, resized_linear])
 def test_resized_shape(wrong):
     assert passes(ch04.check_resized_shape(resized_right, quiet=True))
     assert fails_with_hint(ch04.check_resized_shape(wrong, quiet=True))
+
+
+def test_resized_shape_wants_ints():
+    result = ch04.check_resized_shape(resized_float_grid, quiet=True)
+    assert fails_with_hint(result) and "should be an int" in result.message
+    tensors = ch04.check_resized_shape(lambda *args: (torch.zeros(2), torch.zeros(2), 1), True)
+    assert fails_with_hint(tensors) and "should be an int, got a tensor" in tensors.message
 
 
 # --- 05: the encoder block ------------------------------------------------------------------
@@ -113,12 +141,63 @@ def layer_norm_last_dim_only(x, weight, bias, eps):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
+def layer_norm_var(x, weight, bias, eps):
+    dims = tuple(range(-weight.ndim, 0))
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_one_pass_variance(x, weight, bias, eps):
+    dims = tuple(range(-weight.ndim, 0))
+    mean = x.mean(dims, keepdim=True)
+    var = (x * x).mean(dims, keepdim=True) - mean * mean  # E[x²] - E[x]²
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_functional(x, weight, bias, eps):
+    return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def layer_norm_torch(x, weight, bias, eps):
+    return torch.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def layer_norm_module(x, weight, bias, eps):
+    norm = nn.LayerNorm(weight.shape, eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    return norm(x)
+
+
+@pytest.mark.parametrize("right", [layer_norm_right, layer_norm_var])
+def test_layer_norm_right(right):
+    assert passes(ch05.check_layer_norm(right, quiet=True))
+
+
 @pytest.mark.parametrize(
-    "wrong", [layer_norm_unbiased, layer_norm_eps_outside, layer_norm_last_dim_only]
+    "wrong", [layer_norm_unbiased, layer_norm_eps_outside, layer_norm_last_dim_only,
+              layer_norm_one_pass_variance]
 )
 def test_layer_norm(wrong):
-    assert passes(ch05.check_layer_norm(layer_norm_right, quiet=True))
     assert fails_with_hint(ch05.check_layer_norm(wrong, quiet=True))
+
+
+layer_norm_taken_beforehand = F.layer_norm
+
+
+def layer_norm_early_reference(x, weight, bias, eps):
+    return layer_norm_taken_beforehand(x, weight.shape, weight, bias, eps)
+
+
+@pytest.mark.parametrize("library", [layer_norm_functional, layer_norm_torch, layer_norm_module,
+                                     layer_norm_early_reference])
+def test_layer_norm_refuses_the_library(library):
+    result = ch05.check_layer_norm(library, quiet=True)
+    assert fails_with_hint(result) and "layer_norm is not allowed" in result.message
+    x, weight, bias = torch.randn(2, 4), torch.ones(4), torch.zeros(4)
+    assert torch.allclose(library(x, weight, bias, 1e-5), layer_norm_right(x, weight, bias, 1e-5),
+                          atol=1e-5)  # restored after the check
 
 
 def block_parameters_right(dim, mlp_hidden, qkv_bias):
@@ -191,12 +270,36 @@ def vit_size_no_cls(c: ViTConfig):
     return (c.image_size // c.patch_size) ** 2, params
 
 
-@pytest.mark.parametrize("wrong", [vit_size_sincos_counted, vit_size_no_cls])
+def vit_size_three_channels(c: ViTConfig):
+    tokens, params = vit_size_right(c)
+    return tokens, params + (3 - c.in_chans) * c.patch_size**2 * c.embed_dim
+
+
+def vit_size_whole_mlp_ratio(c: ViTConfig):
+    tokens, params = vit_size_right(c)
+    D = c.embed_dim
+    return tokens, params + c.depth * (2 * D + 1) * (D * int(c.mlp_ratio) - int(D * c.mlp_ratio))
+
+
+def vit_size_float_tokens(c: ViTConfig):
+    tokens, params = vit_size_right(c)
+    return float(tokens), params
+
+
+@pytest.mark.parametrize("wrong", [vit_size_sincos_counted, vit_size_no_cls,
+                                   vit_size_three_channels, vit_size_whole_mlp_ratio])
 def test_vit_size(wrong):
     assert passes(ch06.check_vit_size(vit_size_right, quiet=True))
     assert fails_with_hint(ch06.check_vit_size(wrong, quiet=True))
     single = ch06.check_vit_size(lambda c: vit_size_right(c)[1], quiet=True)
     assert fails_with_hint(single) and "pair" in single.message
+
+
+def test_vit_size_wants_ints():
+    as_float = ch06.check_vit_size(vit_size_float_tokens, quiet=True)
+    assert fails_with_hint(as_float) and "number of tokens should be an int" in as_float.message
+    tensors = ch06.check_vit_size(lambda c: (torch.zeros(2), torch.zeros(2)), quiet=True)
+    assert fails_with_hint(tensors) and "should be an int, got a tensor" in tensors.message
 
 
 def pool_right(tokens, kind):

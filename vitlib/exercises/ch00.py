@@ -12,7 +12,7 @@ from vitlib.model import EncoderBlock, ViT, ViTConfig
 from vitlib.patches import patchify, unpatchify
 
 from .checking import CheckResult, check
-from .compare import tensor_problem
+from .compare import int_problem, tensor_problem
 
 
 def check_pipeline_shapes(pipeline_shapes: Callable[[int, int, int, int, int], list],
@@ -34,12 +34,20 @@ def check_pipeline_shapes(pipeline_shapes: Callable[[int, int, int, int, int], l
                         model.embed(x).shape, features.shape, pooled.shape,
                         model.head(pooled).shape]
             want = [tuple(shape) for shape in want]
-            got = [tuple(shape) for shape in pipeline_shapes(*case)]
-            if len(got) != len(want):
-                return f"expected a list of {len(want)} shapes, got {len(got)}"
+            got = pipeline_shapes(*case)
+            if not isinstance(got, (list, tuple)) or len(got) != len(want):
+                return f"expected a list of {len(want)} shapes, got {got!r:.80}"
             for step, (g, w) in enumerate(zip(got, want, strict=True), start=1):
-                if g != w:
-                    return f"for arguments {case}, shape {step} is {g}, expected {w}"
+                if not isinstance(g, (tuple, list, torch.Size)):
+                    return (f"for arguments {case}, shape {step} should be a tuple of ints, got "
+                            f"{g!r:.60}")
+                for size in g:
+                    problem = int_problem(f"for arguments {case}, every size in shape {step}",
+                                          size)
+                    if problem:
+                        return problem
+                if tuple(g) != w:
+                    return f"for arguments {case}, shape {step} is {tuple(g)}, expected {w}"
         return None
 
     return check(
@@ -105,42 +113,118 @@ def check_leak_matrix(leak_matrix: Callable[[nn.Module, Tensor], Tensor],
     )
 
 
+_FIXED_VIT_CONFIGS = [
+    dict(image_size=32, patch_size=4, embed_dim=32, num_heads=4, depth=2, num_classes=10),
+    dict(image_size=16, patch_size=8, embed_dim=24, num_heads=3, depth=1, num_classes=5),
+]
+
+
+def _position_tables(model: nn.Module, num_patches: int, dim: int) -> list[nn.Parameter]:
+    """The trainable parameters of shape (..., N, D) outside linear, conv, attention and
+    LayerNorm layers: candidates for a learned position embedding."""
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LayerNorm, nn.MultiheadAttention)
+    return [p for module in model.modules() if not isinstance(module, layers)
+            for p in module.parameters(recurse=False)
+            if p.requires_grad and p.ndim >= 2 and tuple(p.shape[-2:]) == (num_patches, dim)]
+
+
+def _first_block_input(model: nn.Module, block: nn.Module, images: Tensor) -> Tensor:
+    """The tokens that ``block`` receives first when the model runs on ``images``."""
+    seen = []
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
+        if tensors:
+            seen.append(tensors[0].detach().clone())
+
+    handle = block.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the first encoder block was never called")
+    return seen[0]
+
+
+def _fixed_vit_problem(build_model: Callable[..., nn.Module], sizes: dict) -> str | None:
+    """What is wrong with the model that ``build_model(**sizes)`` gives, or None."""
+    image_size, patch_size, depth = sizes["image_size"], sizes["patch_size"], sizes["depth"]
+    dim, classes = sizes["embed_dim"], sizes["num_classes"]
+    grid = image_size // patch_size
+    num_patches = grid * grid
+    described = ", ".join(f"{key}={value}" for key, value in sizes.items())
+    model = build_model(**sizes)
+    if not isinstance(model, nn.Module):
+        return f"build_model should return an nn.Module, got {type(model).__name__}"
+    model.eval()
+    blocks = [m for m in model.modules()
+              if isinstance(m, EncoderBlock | nn.TransformerEncoderLayer)]
+    if len(blocks) != depth:
+        return (f"for depth={depth} the model holds {len(blocks)} encoder blocks: stack `depth` "
+                "vitlib.EncoderBlock (attention + MLP each)")
+    images = torch.randn(3, 3, image_size, image_size)
+    with torch.no_grad():
+        try:
+            out = model(images)
+        except Exception as error:  # sizes fixed in the code fail here; name the sizes
+            return f"with {described} the model raised {type(error).__name__}: {error}"
+        if not isinstance(out, Tensor) or tuple(out.shape) != (3, classes):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            return (f"with {described}, 3 images gave outputs of shape {shape}, expected "
+                    f"(3, {classes})")
+        if not torch.isfinite(out).all():
+            return f"with {described} the outputs contain NaN or infinite values"
+        changed = images.clone()
+        changed[1] = torch.randn(3, image_size, image_size)
+        leak = (model(changed)[[0, 2]] - out[[0, 2]]).abs().max().item()
+        if not leak <= 1e-5:
+            return (f"changing image 1 changed the outputs of images 0 and 2 (by up to "
+                    f"{leak:.2g}): the batch is being mixed")
+        norms = sum(isinstance(m, nn.LayerNorm) for m in model.modules())
+        if norms < 2 * depth + 1:
+            return (f"for depth={depth} the model holds {norms} nn.LayerNorm modules, expected at "
+                    f"least {2 * depth + 1}: two in each block and a final one after the encoder")
+        if not _position_tables(model, num_patches, dim):
+            return (f"with {described} there is no trainable position table of shape "
+                    f"(1, {num_patches}, {dim}) (an nn.Parameter, not a buffer)")
+        order = torch.randperm(num_patches)
+        while (order == torch.arange(num_patches)).any():  # every patch moves
+            order = torch.randperm(num_patches)
+        scrambled = unpatchify(patchify(images, patch_size)[:, order], patch_size, (grid, grid), 3)
+        first = _first_block_input(model, blocks[0], images)
+        moved_input = _first_block_input(model, blocks[0], scrambled)
+        if first.shape == moved_input.shape and first.ndim == 3 and torch.allclose(
+                moved_input, first[:, order], atol=1e-6):
+            return ("shuffling the patches only shuffled the first block's input tokens: the "
+                    "model does not know where each patch was before the encoder (add the "
+                    "position table to the patch tokens, before the blocks)")
+        moved = (model(scrambled) - out).abs().max().item()
+        if not moved >= 1e-5:
+            return ("shuffling the patches of the images left the outputs unchanged: the "
+                    "model does not know where each patch was")
+    return None
+
+
 def check_fixed_vit(build_model: Callable[..., nn.Module], quiet: bool = False) -> CheckResult:
     """``build_model(image_size, patch_size, embed_dim, num_heads, depth, num_classes)``: a
-    ViT that gives one score vector per image, keeps images apart and knows where patches are."""
+    ViT that gives one score vector per image, keeps images apart and knows where patches are:
+    ``depth`` encoder blocks, a final LayerNorm and a learned position table added to the patch
+    tokens before the encoder, for any of those sizes."""
 
     def test() -> str | None:
-        model = build_model(image_size=32, patch_size=4, embed_dim=32, num_heads=4, depth=2,
-                            num_classes=10).eval()
-        blocks = [m for m in model.modules()
-                  if isinstance(m, EncoderBlock | nn.TransformerEncoderLayer)]
-        if len(blocks) != 2:
-            return (f"for depth=2 the model holds {len(blocks)} encoder blocks: stack `depth` "
-                    "vitlib.EncoderBlock (attention + MLP each)")
-        images = torch.randn(3, 3, 32, 32)
-        with torch.no_grad():
-            out = model(images)
-            if tuple(out.shape) != (3, 10):
-                return f"3 images gave outputs of shape {tuple(out.shape)}, expected (3, 10)"
-            changed = images.clone()
-            changed[1] = torch.randn(3, 32, 32)
-            leak = (model(changed)[[0, 2]] - out[[0, 2]]).abs().max().item()
-            if leak > 1e-5:
-                return (f"changing image 1 changed the outputs of images 0 and 2 (by up to "
-                        f"{leak:.2g}): the batch is being mixed")
-            order = torch.randperm(64)
-            scrambled = unpatchify(patchify(images, 4)[:, order], 4, (8, 8), 3)
-            moved = (model(scrambled) - out).abs().max().item()
-            if moved < 1e-5:
-                return ("shuffling the patches of the images left the outputs unchanged: the "
-                        "model does not know where each patch was")
+        for sizes in _FIXED_VIT_CONFIGS:
+            problem = _fixed_vit_problem(build_model, sizes)
+            if problem:
+                return problem
         return None
 
     return check(
         "fixed_vit", test,
         "use an encoder with batch_first=True (or vitlib's EncoderBlock, which is batch first), "
-        "and add a learned position embedding of shape (1, N, D) initialised with small random "
-        "values (e.g. nn.init.trunc_normal_(..., std=0.02); zeros would make every position "
-        "look the same)",
+        "and add a learned position embedding of shape (1, N, D) to the patch tokens before "
+        "the blocks, initialised with small random values (e.g. nn.init.trunc_normal_(..., "
+        "std=0.02); zeros would make every position look the same); end the encoder with a "
+        "LayerNorm, and take every size from the arguments",
         quiet,
     )

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from .checking import CheckResult, check
-from .compare import tensor_problem
+from .compare import int_problem, tensor_problem
 
 
 def _reference_split(x: Tensor, num_heads: int) -> Tensor:
@@ -83,6 +83,9 @@ def check_attention_flops(attention_flops: Callable[[int, int, int], int],
         for n, d, h in cases:
             want = _reference_attention_flops(n, d, h)
             got = attention_flops(n, d, h)
+            problem = int_problem(f"attention_flops({n}, {d}, {h})", got)
+            if problem:
+                return problem
             if got != want:
                 return f"attention_flops({n}, {d}, {h}) gave {got}, expected {want}"
         return None
@@ -90,7 +93,7 @@ def check_attention_flops(attention_flops: Callable[[int, int, int], int],
     return check(
         "attention_flops", test,
         "an (m × k) by (k × n) matrix product does m·n·k multiply-adds = 2·m·n·k FLOPs; QKᵀ is "
-        "(N × d) by (d × N) and AV is (N × N) by (N × d), per head with d = dim / num_heads; "
-        "then multiply by the number of heads",
+        "(N × d) by (d × N) and AV is (N × N) by (N × d), per head with d = dim // num_heads "
+        "(// keeps the count an int); then multiply by the number of heads",
         quiet,
     )

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from vitlib.patches import patchify
 
 from .checking import CheckResult, check
-from .compare import tensor_problem
+from .compare import int_problem, tensor_problem
 
 
 def check_patchify(my_patchify: Callable[[Tensor, int], Tensor],
@@ -47,6 +47,9 @@ def check_num_tokens(num_tokens: Callable[[int, int, int], int],
         for h, w, p in cases:
             want = patchify(torch.zeros(1, 1, h, w, device="meta"), p).shape[1]
             got = num_tokens(h, w, p)
+            problem = int_problem(f"num_tokens({h}, {w}, {p})", got)
+            if problem:
+                return problem
             if got != want:
                 return f"num_tokens({h}, {w}, {p}) gave {got}, expected {want}"
         return None

@@ -13,7 +13,7 @@ from vitlib.model import EncoderBlock
 from vitlib.position import resize_pos_embed, sincos_1d
 
 from .checking import CheckResult, check
-from .compare import tensor_problem, yes_no_problem
+from .compare import int_problem, tensor_problem, yes_no_problem
 
 
 def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False) -> CheckResult:
@@ -46,6 +46,7 @@ def _equivariance_cases(dim: int) -> list[tuple[str, Callable[[Tensor], Tensor],
     attention = MultiHeadSelfAttention(dim, num_heads=2).eval()
     block = EncoderBlock(dim, num_heads=2, mlp_hidden=2 * dim).eval()
     positions = torch.randn(1, 8, dim)
+    tiny_positions = 1e-3 * torch.randn(1, 8, dim)  # equivariance broken by about 1e-4
     causal = torch.ones(8, 8, dtype=torch.bool).tril()
     return [
         ("self-attention without positions", lambda x: attention(x)[0], True),
@@ -54,6 +55,8 @@ def _equivariance_cases(dim: int) -> list[tuple[str, Callable[[Tensor], Tensor],
         ("the mean token copied to every position",
          lambda x: x.mean(dim=1, keepdim=True).expand_as(x), True),
         ("adding a position embedding", lambda x: attention(x + positions)[0], False),
+        ("adding a tiny position embedding (values around 0.001)",
+         lambda x: attention(x + tiny_positions)[0], False),
         ("causal (masked) self-attention", lambda x: attention(x, mask=causal)[0], False),
         ("a cumulative sum over the tokens", lambda x: x.cumsum(dim=1), False),
         ("sorting each channel over the tokens", lambda x: x.sort(dim=1).values, False),
@@ -77,7 +80,8 @@ def check_permutation_equivariance(
         "draw perm = torch.randperm(x.shape[1]) and compare f(x[:, perm]) with f(x)[:, perm] "
         "(permute the output too: that is equivariance; comparing with f(x) itself tests "
         "invariance instead) using torch.allclose(..., atol=1e-5), not ==: summing in another "
-        "order changes the last bits of a float",
+        "order changes the last bits of a float; a looser tolerance misses a small position "
+        "embedding, which moves the outputs by about 1e-4",
         quiet,
     )
 
@@ -95,9 +99,16 @@ def check_resized_shape(
         for shape, size, p, prefix in cases:
             want = tuple(resize_pos_embed(torch.zeros(shape), (size // p, size // p), prefix).shape)
             got = resized_shape(shape, size, p, prefix)
-            if not isinstance(got, (tuple, list, torch.Size)) or tuple(got) != want:
-                return (f"resized_shape({shape}, new_image_size={size}, patch_size={p}, "
-                        f"num_prefix_tokens={prefix}) gave {got!r}, expected {want}")
+            call = (f"resized_shape({shape}, new_image_size={size}, patch_size={p}, "
+                    f"num_prefix_tokens={prefix})")
+            if not isinstance(got, (tuple, list, torch.Size)) or len(got) != len(want):
+                return f"{call} gave {got!r:.80}, expected {want}"
+            for size_got in got:
+                problem = int_problem(f"every size in the shape from {call}", size_got)
+                if problem:
+                    return problem
+            if tuple(got) != want:
+                return f"{call} gave {tuple(got)}, expected {want}"
         return None
 
     return check(

@@ -13,15 +13,15 @@ from torch import Tensor
 from vitlib.model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
 
 from .checking import CheckResult, check
-from .compare import tensor_problem
+from .compare import int_problem, tensor_problem
 
 
 def _describe(config: ViTConfig) -> str:
     c = config
     return (f"ViTConfig(image_size={c.image_size}, patch_size={c.patch_size}, "
-            f"embed_dim={c.embed_dim}, depth={c.depth}, mlp_ratio={c.mlp_ratio}, "
-            f"num_classes={c.num_classes}, qkv_bias={c.qkv_bias}, pool={c.pool!r}, "
-            f"pos_embed={c.pos_embed!r})")
+            f"in_chans={c.in_chans}, embed_dim={c.embed_dim}, depth={c.depth}, "
+            f"mlp_ratio={c.mlp_ratio}, num_classes={c.num_classes}, qkv_bias={c.qkv_bias}, "
+            f"pool={c.pool!r}, pos_embed={c.pos_embed!r})")
 
 
 def check_vit_size(vit_size: Callable[[ViTConfig], tuple[int, int]],
@@ -37,6 +37,8 @@ def check_vit_size(vit_size: Callable[[ViTConfig], tuple[int, int]],
             get_config("vit_cifar_cpu", num_classes=0),
             ViTConfig(image_size=48, patch_size=8, embed_dim=96, depth=3, num_heads=3,
                       mlp_ratio=4.0, num_classes=100, qkv_bias=False, pool="cls"),
+            ViTConfig(image_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2,
+                      mlp_ratio=1.5),
             ViTConfig(image_size=random.choice([16, 32]), patch_size=random.choice([2, 4, 8]),
                       embed_dim=32, depth=random.randint(1, 3), num_heads=2,
                       mlp_ratio=random.choice([1.5, 2.0, 4.0]),
@@ -48,11 +50,13 @@ def check_vit_size(vit_size: Callable[[ViTConfig], tuple[int, int]],
                 return f"vit_size should return a pair (num_tokens, num_parameters), got {answer!r}"
             tokens, params = answer
             want_params = count_parameters(ViT(config))
+            problem = (int_problem("the number of tokens", tokens)
+                       or int_problem("the number of parameters", params))
+            if problem:
+                return problem
             if tokens != config.num_tokens:
                 return (f"for {_describe(config)} the number of tokens is {config.num_tokens}, "
                         f"you said {tokens}")
-            if not isinstance(params, int):
-                return f"the number of parameters should be an int, got {params!r}"
             if params != want_params:
                 return (f"for {_describe(config)} the model has {want_params:,} parameters, you "
                         f"said {params:,}")
@@ -61,10 +65,11 @@ def check_vit_size(vit_size: Callable[[ViTConfig], tuple[int, int]],
     return check(
         "vit_size", test,
         "tokens: (image_size // patch_size)², plus 1 with pool='cls'. Parameters: the patch "
-        "projection (C·p²·D weights + D biases), the class token (D, only with pool='cls'), a "
-        "learned position table (tokens·D; a sin-cos table is fixed, not a parameter), depth × "
-        "one block (your answer from notebook 05, hidden = int(D · mlp_ratio)), the final "
-        "LayerNorm (2·D) and the head (D·classes + classes; none when num_classes=0)",
+        "projection (C·p²·D weights with C = in_chans, and D biases), the class token (D, only "
+        "with pool='cls'), a learned position table (tokens·D; a sin-cos table is fixed, not a "
+        "parameter), depth × one block (your answer from notebook 05, hidden = "
+        "int(D · mlp_ratio)), the final LayerNorm (2·D) and the head (D·classes + classes; none "
+        "when num_classes=0)",
         quiet,
     )
 

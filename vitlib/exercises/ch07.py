@@ -12,7 +12,7 @@ from torch import Tensor
 
 from vitlib.augment import _rectangles, mixup_cutmix, random_crop
 
-from .checking import CheckResult, check
+from .checking import CheckResult, check, forbidden
 from .compare import tensor_problem
 
 
@@ -86,21 +86,30 @@ def check_zero_pad_crop(pad_crop: Callable[[Tensor, int, torch.Generator], Tenso
     drawing the offsets as ``vitlib.augment.random_crop`` does (same seed, same output)."""
 
     def test() -> str | None:
-        seed, b, padding = _seed(), random.randint(4, 9), random.choice([1, 2, 4])
-        images = torch.randint(1, 256, (b, 3, 7, 6), dtype=torch.uint8,
-                               generator=torch.Generator().manual_seed(seed + 1))
-        want = random_crop(images, padding, torch.Generator().manual_seed(seed),
-                           padding_mode="zeros")
-        got = pad_crop(images.clone(), padding, torch.Generator().manual_seed(seed))
-        return tensor_problem(f"pad_crop(images of shape {tuple(images.shape)}, padding "
-                              f"{padding}, seeded generator)", got, want, atol=0)
+        for padding in (1, 2, 4):
+            seed, b = _seed(), random.randint(4, 9)
+            images = torch.randint(1, 256, (b, 3, 7, 6), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(seed + 1))
+            want = random_crop(images, padding, torch.Generator().manual_seed(seed),
+                               padding_mode="zeros")
+            got = pad_crop(images.clone(), padding, torch.Generator().manual_seed(seed))
+            what = (f"pad_crop(images of shape {tuple(images.shape)}, padding {padding}, seeded "
+                    "generator)")
+            problem = tensor_problem(what, got, want, atol=0)
+            if problem:
+                return problem
+            if got.dtype != images.dtype:
+                return (f"{what} has dtype {got.dtype}, but the images are {images.dtype}: the "
+                        "crop should keep the images' dtype")
+        return None
 
     return check(
         "zero_pad_crop", test,
         "draw all offsets at once as in the notebook, offsets = torch.randint(2 * padding + 1, "
         "(2 * B,), generator=generator).view(2, B) (first row: rows, second row: columns), pad "
         "with zeros, F.pad(images, (padding,) * 4) (mode 'constant', value 0), and cut out "
-        "padded[b, :, oy:oy + H, ox:ox + W] for each image, or gather the windows in one go",
+        "padded[b, :, oy:oy + H, ox:ox + W] for each image, or gather the windows in one go; "
+        "use the padding you are given, and keep the images' dtype (no .float())",
         quiet,
     )
 
@@ -111,27 +120,35 @@ def check_soft_cross_entropy(soft_cross_entropy: Callable[[Tensor, Tensor], Tens
     targets (B, K) whose rows sum to 1 (mixup and cutmix's), averaged over the batch."""
 
     def test() -> str | None:
-        seed, b, classes = _seed(), random.randint(6, 12), random.choice([3, 10])
-        g = torch.Generator().manual_seed(seed)
-        labels = torch.randint(0, classes, (b,), generator=g)
-        shift = torch.randint(1, classes, (b // 2,), generator=g)  # partners of other classes
-        labels[b - b // 2:] = ((labels[: b // 2] + shift) % classes).flip(0)
-        _, targets = mixup_cutmix(torch.rand(b, 3, 8, 8, generator=g), labels, classes,
-                                  mixup_alpha=0.8, cutmix_alpha=1.0, generator=g)
-        logits = 3 * torch.randn(b, classes, generator=g)
-        want = F.cross_entropy(logits, targets)
-        got = soft_cross_entropy(logits.clone(), targets.clone())
-        if isinstance(got, Tensor) and got.numel() == 1:
-            got = got.reshape(())
-        return tensor_problem(f"the loss for a batch of {b} with {classes} classes", got, want,
-                              atol=1e-4)
+        for scale in (3.0, 100.0):  # logits of a few units, then in the hundreds
+            seed, b, classes = _seed(), random.randint(6, 12), random.choice([3, 10])
+            g = torch.Generator().manual_seed(seed)
+            labels = torch.randint(0, classes, (b,), generator=g)
+            shift = torch.randint(1, classes, (b // 2,), generator=g)  # partners of other classes
+            labels[b - b // 2:] = ((labels[: b // 2] + shift) % classes).flip(0)
+            _, targets = mixup_cutmix(torch.rand(b, 3, 8, 8, generator=g), labels, classes,
+                                      mixup_alpha=0.8, cutmix_alpha=1.0, generator=g)
+            logits = scale * torch.randn(b, classes, generator=g)
+            want = F.cross_entropy(logits, targets)
+            with forbidden("compute the loss from its formula (F.log_softmax is fine)",
+                           (F, "cross_entropy")):
+                got = soft_cross_entropy(logits.clone(), targets.clone())
+            if isinstance(got, Tensor) and got.numel() == 1:
+                got = got.reshape(())
+            what = (f"the loss for a batch of {b} with {classes} classes"
+                    + (" and logits in the hundreds" if scale > 10 else ""))
+            problem = tensor_problem(what, got, want, atol=1e-4 * max(1.0, scale / 10))
+            if problem:
+                return problem
+        return None
 
     return check(
         "soft_cross_entropy", test,
         "the loss of one image is -Σ_k t_k · log p_k with p = softmax(logits) over the classes: "
         "-(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1), then .mean() over the batch. "
         "Taking .mean() over every entry would also divide by the number of classes, and the "
-        "argmax of the targets throws the partner's share away",
+        "argmax of the targets throws the partner's share away; softmax(...).log() turns tiny "
+        "probabilities into log(0) = -inf when the logits are large",
         quiet,
     )
 
@@ -145,7 +162,8 @@ def check_cutmix_weight(cutmix_weight: Callable[[int, int, int, int, int], float
     def test() -> str | None:
         size = random.choice([16, 32])
         boxes = [(4, 4, 8, 8), (-5, 3, 12, 6), (size - 6, size - 3, 10, 10), (-3, -3, 6, 6),
-                 (size + 1, 2, 5, 5), (-4, -4, size + 8, size + 8), (0, 0, size, 0)]
+                 (size + 1, 2, 5, 5), (-4, -4, size + 8, size + 8), (0, 0, size, 0),
+                 (size + 2, size + 2, 4, 4)]
         for _ in range(8):
             boxes.append((random.randint(-size // 2, size), random.randint(-size // 2, size),
                           random.randint(0, size), random.randint(0, size)))
@@ -166,7 +184,8 @@ def check_cutmix_weight(cutmix_weight: Callable[[int, int, int, int, int], float
     return check(
         "cutmix_weight", test,
         "clip the box to the image first: rows from max(top, 0) to min(top + height, size), "
-        "columns likewise, and a negative length counts as 0; the pasted fraction is the "
-        "clipped area / size², and the image keeps 1 minus that",
+        "columns likewise, and a negative length counts as 0 (rows and columns each, before "
+        "multiplying: two negatives make a positive area); the pasted fraction is the clipped "
+        "area / size², and the image keeps 1 minus that",
         quiet,
     )

@@ -116,8 +116,11 @@ def check_loss_scale(loss_scale: Callable[[Tensor], float], quiet: bool = False)
 
     def test() -> str | None:
         magnitudes = [1e-7, 1e-3, 1.0, 3e4, 1e6, 10 ** random.uniform(-8, 2)]
-        for magnitude in magnitudes:
-            grads = torch.randn(random.randint(5, 50)) * magnitude
+        cases = [torch.randn(random.randint(5, 50)) * magnitude for magnitude in magnitudes]
+        # the largest gradient negative; 16376·4 = 65504 exactly fits; 16380·4 does not
+        cases += [torch.tensor([-3e4, 1.0]), torch.tensor([16376.0, -2.0]),
+                  torch.tensor([16380.0, 3.0])]
+        for grads in cases:
             want = reference_loss_scale(grads)
             got = loss_scale(grads.clone())
             if isinstance(got, Tensor) and got.numel() == 1:
@@ -125,9 +128,10 @@ def check_loss_scale(loss_scale: Callable[[Tensor], float], quiet: bool = False)
             if not isinstance(got, (int, float)):
                 return f"loss_scale should return a number, got {type(got).__name__}"
             if got != want:
-                return (f"for gradients up to {grads.abs().max().item():.3g} in size the largest "
-                        f"safe power of two is {want:g} (2^{int(math.log2(want))}), you said "
-                        f"{got:g}")
+                which = (f"the gradients {grads.tolist()}" if grads.numel() <= 3 else
+                         f"gradients up to {grads.abs().max().item():.3g} in size")
+                return (f"for {which} the largest safe power of two is {want:g} "
+                        f"(2^{int(math.log2(want))}), you said {got:g}")
         return None
 
     return check(

@@ -14,6 +14,7 @@ from vitlib.model import ViT, ViTConfig, count_parameters
 from vitlib.train import lr_scales
 
 from .checking import CheckResult, check
+from .compare import int_problem
 
 
 def _small_config(**overrides) -> ViTConfig:
@@ -32,7 +33,11 @@ def check_replace_head(
             num_classes = random.randint(2, 7)
             torch.manual_seed(random.randint(0, 10_000))
             model = ViT(_small_config(num_classes=10, pool=pool)).eval()
+            if pool == "cls":  # a backbone partly frozen already: it should stay as it is
+                model.patch_embed.requires_grad_(False)
             original = copy.deepcopy(model)
+            trainable = {name: p.requires_grad for name, p in model.named_parameters()
+                         if not name.startswith("head.")}
             images = torch.randn(3, 3, 16, 16)
             got = replace_head(model, num_classes)
             if not isinstance(got, ViT):
@@ -48,6 +53,15 @@ def check_replace_head(
             if got.config.num_classes != num_classes:
                 return (f"config.num_classes is still {got.config.num_classes}, expected "
                         f"{num_classes}")
+            if not all(p.requires_grad for p in got.head.parameters()):
+                return ("the new head does not train (requires_grad=False): a fresh nn.Linear "
+                        "trains by default, leave it so")
+            changed = sorted(name for name, p in got.named_parameters()
+                             if name in trainable and p.requires_grad != trainable[name])
+            if changed:
+                more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+                return (f"replace_head changed requires_grad of the backbone's {changed[0]}"
+                        f"{more}: leave the backbone's parameters as they were")
             with torch.no_grad():
                 logits = got.eval()(images)
                 features = got.pool(got.forward_features(images))
@@ -78,6 +92,7 @@ def check_trainable_count(
         configs = [
             _small_config(),
             _small_config(num_classes=4, pool="cls", mlp_ratio=4.0, qkv_bias=False),
+            _small_config(mlp_ratio=1.5),
             ViTConfig(embed_dim=64, depth=2, num_heads=2, num_classes=random.randint(2, 20),
                       qkv_bias=random.choice([True, False])),
         ]
@@ -87,6 +102,9 @@ def check_trainable_count(
                                             range(config.depth - last_blocks, config.depth)]
                 want = count_parameters(freeze(ViT(config), names))
                 got = trainable_count(config, last_blocks)
+                problem = int_problem(f"trainable_count(config, {last_blocks})", got)
+                if problem:
+                    return problem
                 if got != want:
                     return (f"for embed_dim={config.embed_dim}, mlp_ratio={config.mlp_ratio}, "
                             f"qkv_bias={config.qkv_bias}, num_classes={config.num_classes} and "
@@ -116,7 +134,8 @@ def check_layer_decay(
             model = ViT(_small_config(depth=depth, pool="cls"))
             for name, want in lr_scales(model, decay).items():
                 got = lr_scale(name, depth, decay)
-                if not isinstance(got, (int, float)) or abs(got - want) > 1e-9 * max(1, want):
+                if (not isinstance(got, (int, float)) or isinstance(got, bool)
+                        or not abs(got - want) <= 1e-9 * max(1, want)):
                     return (f"with depth {depth} and layer_decay {decay:.3g}, {name!r} should "
                             f"learn at {want:.4g} × lr; you said {got!r}")
         return None

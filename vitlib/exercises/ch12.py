@@ -6,13 +6,17 @@ import random
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+import vitlib
+import vitlib.dense
+import vitlib.patches
 from vitlib.dense import SegmentationHead, TubeletEmbed
 from vitlib.explain import attention_rollout, mean_attention_distance
 
-from .checking import CheckResult, check
-from .compare import tensor_problem
+from .checking import CheckResult, check, forbidden
+from .compare import int_problem, tensor_problem
 
 
 def _random_attention(blocks: int, batch: int, heads: int, tokens: int) -> list[Tensor]:
@@ -86,6 +90,9 @@ def check_tubelet_tokens(tubelet_tokens: Callable[[int, int, int, int], int],
         for frames, size, tubelet, patch in cases:
             want = TubeletEmbed(tubelet, patch, 3, 1).num_tokens(frames, size, size)
             got = tubelet_tokens(frames, size, tubelet, patch)
+            problem = int_problem(f"tubelet_tokens({frames}, {size}, {tubelet}, {patch})", got)
+            if problem:
+                return problem
             if got != want:
                 return (f"{frames} frames of {size}×{size} pixels in tubelets of {tubelet} frames "
                         f"× {patch}×{patch} pixels make {want:,} tokens, you said {got!r}")
@@ -98,6 +105,10 @@ def check_tubelet_tokens(tubelet_tokens: Callable[[int, int, int, int], int],
         "product",
         quiet,
     )
+
+
+_UNPATCHIFY_FUNCTIONS = [(vitlib, "unpatchify"), (vitlib.patches, "unpatchify"),
+                         (vitlib.dense, "unpatchify"), (F, "fold")]
 
 
 def check_segmentation_logits(
@@ -115,7 +126,10 @@ def check_segmentation_logits(
             tokens = torch.randn(2, grid[0] * grid[1], 6)
             with torch.no_grad():
                 want = reference(tokens)
-                got = logits_fn(tokens.clone(), reference.proj, patch_size, grid, num_classes)
+                with forbidden("arrange the logits with reshape and permute yourself",
+                               *_UNPATCHIFY_FUNCTIONS):
+                    got = logits_fn(tokens.clone(), reference.proj, patch_size, grid,
+                                    num_classes)
             problem = tensor_problem(
                 f"logits for a {grid[0]}×{grid[1]} grid of {patch_size}×{patch_size} patches "
                 f"and {num_classes} classes", got, want)
@@ -127,7 +141,7 @@ def check_segmentation_logits(
         "segmentation_logits", test,
         "apply the linear map to every token: (B, N, K·p·p). Then view it as (B, gh, gw, K, p, p) "
         "and move the axes to (B, K, gh, p, gw, p) before the final reshape to (B, K, gh·p, "
-        "gw·p): a plain reshape of (B, N, K·p·p) mixes pixels of different patches. "
-        "vitlib.unpatchify does exactly this",
+        "gw·p): a plain reshape of (B, N, K·p·p) mixes pixels of different patches. This is "
+        "what vitlib.unpatchify does, written out with reshape and permute",
         quiet,
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from unittest import mock
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,50 @@ def check(name: str, test: Callable[[], str | None], hint: str, quiet: bool = Fa
     if not quiet:
         print(result)
     return result
+
+
+def _qualified_name(owner: object, name: str) -> str:
+    return f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
+
+
+@contextmanager
+def forbidden(what: str, *targets: tuple[object, str]) -> Iterator[None]:
+    """While the block runs, calling any of the ``(owner, attribute name)`` targets (for example
+    ``(torch.nn.functional, "softmax")``) raises a RuntimeError that names the function and
+    says ``what`` the exercise asks for instead; everything is restored afterwards.
+
+    A call through a reference taken before the block (``from torch.nn.functional import
+    softmax``, or the function itself given as the answer) is not stopped but seen: the
+    RuntimeError then comes when the block ends."""
+    originals = {_qualified_name(owner, name): getattr(owner, name) for owner, name in targets}
+    by_code = {function.__code__: qualified for qualified, function in originals.items()
+               if hasattr(function, "__code__")}
+    called: list[str] = []
+
+    def message(qualified: str) -> str:
+        return f"{qualified} is not allowed in this exercise; {what}"
+
+    def refusal(qualified: str) -> Callable[..., None]:
+        def refuse(*args, **kwargs) -> None:
+            raise RuntimeError(message(qualified))
+
+        return refuse
+
+    def watch(frame, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in by_code:  # a Python function
+            called.append(by_code[frame.f_code])
+        elif event == "c_call":  # a builtin one
+            called.extend(q for q, function in originals.items() if arg is function)
+
+    previous = sys.getprofile()
+    with ExitStack() as stack:
+        for owner, name in targets:
+            stack.enter_context(
+                mock.patch.object(owner, name, refusal(_qualified_name(owner, name))))
+        sys.setprofile(watch)
+        try:
+            yield
+        finally:
+            sys.setprofile(previous)
+    if called:
+        raise RuntimeError(message(called[0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable
 
 import torch
@@ -27,6 +29,24 @@ def tensor_problem(what: str, got: object, expected: Tensor, atol: float = 1e-5)
     if not error <= atol:
         return f"{what} differs from the reference by up to {error:.3g}"
     return None
+
+
+def _describe(value: object) -> str:
+    """A short description of a value for a message: its shape when it is an array."""
+    if isinstance(value, Tensor) or type(value).__name__ == "ndarray":
+        kind = "tensor" if isinstance(value, Tensor) else "NumPy array"
+        single = " (.item() gives its number)" if math.prod(value.shape) == 1 else ""
+        return f"a {kind} of shape {tuple(value.shape)}{single}"
+    text = repr(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} (a {type(value).__name__})"
+
+
+def int_problem(what: str, got: object) -> str | None:
+    """None when ``got`` is a whole number (a Python or NumPy int; not a bool, a float or a
+    tensor), else a sentence saying what it is instead."""
+    if isinstance(got, numbers.Integral) and not isinstance(got, bool):
+        return None
+    return f"{what} should be an int, got {_describe(got)}"
 
 
 def as_bool(answer: object) -> bool | None:
