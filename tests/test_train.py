@@ -21,6 +21,7 @@ from vitlib.train import (
     History,
     TrainConfig,
     TrainingDiverged,
+    changed_settings,
     evaluate,
     learning_rate,
     make_optimizer,
@@ -614,3 +615,16 @@ def test_another_architecture_trains_and_checkpoints_but_is_not_a_vit(data, tmp_
         train(MODEL, config(tmp_path, epochs=2), data, resume=tmp_path)
     train(cnn, config(tmp_path, epochs=2, ema_decay=0.0), data, resume=tmp_path)  # resumes
     assert load_checkpoint(tmp_path)["progress"]["epoch"] == 2
+
+
+def test_changed_settings_names_what_differs_from_a_checkpoint(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1), data)
+    state = load_checkpoint(tmp_path)
+    assert changed_settings(state, MODEL, config(tmp_path / "elsewhere", epochs=1)) == {}
+    assert changed_settings(state, MODEL, config(tmp_path, epochs=1, lr=5e-3)) == {
+        "lr": (config(tmp_path).lr, 5e-3)}
+    wider = replace(MODEL, embed_dim=2 * MODEL.embed_dim)
+    assert set(changed_settings(state, wider, config(tmp_path, epochs=1))) == {"embed_dim"}
+    del state["train_config"]["optimizer"]  # a checkpoint from before there was a choice
+    assert changed_settings(state, MODEL, config(tmp_path, epochs=1))["optimizer"] == (
+        None, config(tmp_path).optimizer)

@@ -1088,6 +1088,18 @@ def train(
         torch.set_num_threads(previous_threads)
 
 
+def changed_settings(state: dict, model_config: ViTConfig, config: TrainConfig
+                     ) -> dict[str, tuple[object, object]]:
+    """The settings in which a checkpoint's run (``state``, as ``load_checkpoint`` gives it)
+    differs from ``model_config`` and ``config``: name -> (checkpoint's value, this value).
+    Where a run writes and what it prints do not count; a setting the checkpoint lacks (one
+    from an older version) counts as None."""
+    saved = {**(state["model_config"] or {}), **state["train_config"]}
+    wanted = {**config_dict(model_config), **config.to_dict()}
+    return {name: (saved.get(name), value) for name, value in wanted.items()
+            if name not in ("out_dir", "progress", "quiet") and saved.get(name) != value}
+
+
 # --- recipes --------------------------------------------------------------------------------
 
 _GPU_AUGMENT = AugmentConfig(num_ops=1, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.5)
