@@ -12,7 +12,7 @@ from vitlib.model import EncoderBlock, ViT, ViTConfig
 from vitlib.patches import patchify, unpatchify
 
 from .checking import CheckResult, check
-from .compare import int_problem, tensor_problem
+from .compare import shape_problem, tensor_problem
 
 
 def check_pipeline_shapes(pipeline_shapes: Callable[[int, int, int, int, int], list],
@@ -38,16 +38,9 @@ def check_pipeline_shapes(pipeline_shapes: Callable[[int, int, int, int, int], l
             if not isinstance(got, (list, tuple)) or len(got) != len(want):
                 return f"expected a list of {len(want)} shapes, got {got!r:.80}"
             for step, (g, w) in enumerate(zip(got, want, strict=True), start=1):
-                if not isinstance(g, (tuple, list, torch.Size)):
-                    return (f"for arguments {case}, shape {step} should be a tuple of ints, got "
-                            f"{g!r:.60}")
-                for size in g:
-                    problem = int_problem(f"for arguments {case}, every size in shape {step}",
-                                          size)
-                    if problem:
-                        return problem
-                if tuple(g) != w:
-                    return f"for arguments {case}, shape {step} is {tuple(g)}, expected {w}"
+                problem = shape_problem(f"for arguments {case}, shape {step}", g, w)
+                if problem:
+                    return problem
         return None
 
     return check(

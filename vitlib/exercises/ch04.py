@@ -13,7 +13,7 @@ from vitlib.model import EncoderBlock
 from vitlib.position import resize_pos_embed, sincos_1d
 
 from .checking import CheckResult, check
-from .compare import int_problem, tensor_problem, yes_no_problem
+from .compare import shape_problem, tensor_problem, yes_no_problem
 
 
 def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False) -> CheckResult:
@@ -99,16 +99,11 @@ def check_resized_shape(
         for shape, size, p, prefix in cases:
             want = tuple(resize_pos_embed(torch.zeros(shape), (size // p, size // p), prefix).shape)
             got = resized_shape(shape, size, p, prefix)
-            call = (f"resized_shape({shape}, new_image_size={size}, patch_size={p}, "
-                    f"num_prefix_tokens={prefix})")
-            if not isinstance(got, (tuple, list, torch.Size)) or len(got) != len(want):
-                return f"{call} gave {got!r:.80}, expected {want}"
-            for size_got in got:
-                problem = int_problem(f"every size in the shape from {call}", size_got)
-                if problem:
-                    return problem
-            if tuple(got) != want:
-                return f"{call} gave {tuple(got)}, expected {want}"
+            problem = shape_problem(f"the shape from resized_shape({shape}, new_image_size="
+                                    f"{size}, patch_size={p}, num_prefix_tokens={prefix})",
+                                    got, want)
+            if problem:
+                return problem
         return None
 
     return check(

@@ -49,6 +49,20 @@ def int_problem(what: str, got: object) -> str | None:
     return f"{what} should be an int, got {_describe(got)}"
 
 
+def shape_problem(what: str, got: object, expected: tuple[int, ...]) -> str | None:
+    """None when ``got`` is the shape ``expected`` as a tuple, list or torch.Size of ints,
+    else a sentence saying what it is instead."""
+    if not isinstance(got, (tuple, list, torch.Size)) or len(got) != len(expected):
+        return f"{what} is {got!r:.80}, expected {expected}"
+    for size in got:
+        problem = int_problem(f"every size in {what}", size)
+        if problem:
+            return problem
+    if tuple(got) != tuple(expected):
+        return f"{what} is {tuple(got)}, expected {expected}"
+    return None
+
+
 def as_bool(answer: object) -> bool | None:
     """A Python, NumPy or one-element tensor boolean as a bool; None for anything else."""
     if isinstance(answer, Tensor) and answer.numel() == 1 and answer.dtype == torch.bool:
