@@ -113,7 +113,7 @@ def test_muon_learns_resumes_exactly_and_keeps_its_optimizer(data, tmp_path, mon
                                          "'adamw'; resume with optimizer='muon'"):
         train(MODEL, replace(muon, optimizer="adamw"), data, resume=tmp_path / "b")
     with pytest.raises(ValueError, match="trained with muon_lr_ratio 4, this run asks for 2; "
-                                         "resume with the same ratio"):
+                                         "resume with muon_lr_ratio=4"):
         train(MODEL, replace(muon, muon_lr_ratio=2.0), data, resume=tmp_path / "b")
 
 

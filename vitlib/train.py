@@ -679,27 +679,19 @@ class _Run:
                 "same preset and overrides, or start a new run in another --out folder"
             )
         saved_config = state.get("train_config") or {}
-        saved_optimizer = saved_config.get("optimizer", "adamw")
-        if saved_optimizer != self.config.optimizer:
-            raise ValueError(
-                f"checkpoint {path} was trained with optimizer {saved_optimizer!r}, this run "
-                f"asks for {self.config.optimizer!r}; resume with optimizer={saved_optimizer!r} "
-                f"(--optimizer {saved_optimizer}), or start a new run in another out_dir"
-            )
-        saved_ratio = saved_config.get("muon_lr_ratio", self.config.muon_lr_ratio)
-        if saved_optimizer == "muon" and saved_ratio != self.config.muon_lr_ratio:
-            raise ValueError(
-                f"checkpoint {path} was trained with muon_lr_ratio {saved_ratio:g}, this run "
-                f"asks for {self.config.muon_lr_ratio:g}; resume with the same ratio "
-                f"(--muon-lr-ratio {saved_ratio:g}), or start a new run in another out_dir"
-            )
-        saved_layer_decay = saved_config.get("layer_decay", 1.0)  # 1 before there was one
-        if saved_layer_decay != self.config.layer_decay:
-            raise ValueError(
-                f"checkpoint {path} was trained with layer_decay {saved_layer_decay:g}, this run "
-                f"asks for {self.config.layer_decay:g}; resume with layer_decay="
-                f"{saved_layer_decay:g}, or start a new run in another out_dir"
-            )
+        # the settings the optimizer's state depends on, with their values before they were saved
+        kept = {"optimizer": "adamw", "layer_decay": 1.0}
+        if self.config.optimizer == "muon":
+            kept["muon_lr_ratio"] = self.config.muon_lr_ratio
+        for name, before in kept.items():
+            was, now = saved_config.get(name, before), getattr(self.config, name)
+            if was != now:
+                show = repr if isinstance(was, str) else "{:g}".format
+                raise ValueError(
+                    f"checkpoint {path} was trained with {name} {show(was)}, this run asks for "
+                    f"{show(now)}; resume with {name}={show(was)}, or start a new run in another "
+                    "out_dir"
+                )
         device = self.proc.device
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
