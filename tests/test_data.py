@@ -3,7 +3,11 @@
 import io
 import os
 import pickle
+import shutil
+import subprocess
 import tarfile
+import threading
+import time
 import urllib.error
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from vitlib.data import (
 )
 
 PER_BATCH = 6  # images in each fake pickled batch
+posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX files and permissions")
 
 
 # --- fake data ------------------------------------------------------------------------------
@@ -109,6 +114,23 @@ def test_batches_folder_and_torchvision_root(tmp_path, cache, bytes_keys):
         assert d.classes == CIFAR10_CLASSES and d.train.labels.dtype == torch.int64
 
 
+def test_batches_pickled_with_protocol_5(tmp_path, cache):
+    files, arrays = fake_batches()
+    (tmp_path / "b").mkdir()
+    for name, blob in files.items():  # protocol 5 pickles arrays through numpy's _frombuffer
+        (tmp_path / "b" / name).write_bytes(pickle.dumps(pickle.loads(blob), protocol=5))
+    d = load_cifar10(tmp_path / "b", cache_dir=cache)
+    train_x, train_y, test_x, test_y = expected_batches(arrays)
+    assert torch.equal(d.train.images, train_x) and torch.equal(d.test.labels, test_y)
+
+
+def test_label_names_pickled_as_bytes(tmp_path, cache):
+    write_batches(tmp_path / "b")
+    names = {"label_names": [c.encode() for c in CIFAR10_CLASSES]}
+    (tmp_path / "b" / "batches.meta").write_bytes(pickle.dumps(names, protocol=2))
+    assert load_cifar10(tmp_path / "b", cache_dir=cache).classes == CIFAR10_CLASSES
+
+
 def test_python_tarball(tmp_path, cache):
     arrays = write_batches(tmp_path / "cifar-10-batches-py", bytes_keys=True)
     archive = make_tar(tmp_path / "cifar-10-python.tar.gz", tmp_path / "cifar-10-batches-py",
@@ -175,14 +197,70 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path, cache):
     check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
 
 
+@posix_only
+def test_links_and_pipes_that_are_no_image_files_are_skipped(tmp_path, cache):
+    pixels = write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    cat = tmp_path / "tree" / "train" / "cat"
+    (cat / ".#notes.txt").symlink_to("user@host.1234:1700000000")  # an editor's lock file
+    (cat / "gone.png").symlink_to(tmp_path / "deleted.png")
+    os.mkfifo(cat / "pipe.png")
+    # a reader that opened the pipe would get an empty file from this writer, not hang
+    writer = threading.Thread(target=lambda: open(cat / "pipe.png", "wb").close(), daemon=True)
+    writer.start()
+    try:
+        d = load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+    finally:
+        os.close(os.open(cat / "pipe.png", os.O_RDONLY | os.O_NONBLOCK))  # lets the writer end
+        writer.join()
+    check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
+
+
+def test_linked_class_folders_are_followed(tmp_path, cache, monkeypatch):
+    pixels = write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    (tmp_path / "tree" / "train" / "cat").rename(tmp_path / "cats")
+    (tmp_path / "tree" / "train" / "cat").symlink_to(tmp_path / "cats", target_is_directory=True)
+    (tmp_path / "cats" / "loop").symlink_to(tmp_path / "tree", target_is_directory=True)
+    d = load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+    check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)  # the cycle read no file twice
+    check_image_split(d.test, pixels, "test/", CIFAR10_CLASSES)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data, "_decode_images", no_decoding)
+    os.utime(tmp_path / "cats" / "0000.png", ns=(0, 10**18))  # a file behind the link changes
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_cifar10(tmp_path / "tree", cache_dir=cache)
+
+
+def test_16_bit_greyscale_png_is_scaled_to_8_bits(tmp_path, cache):
+    write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1))
+    grey = np.random.default_rng(2).integers(0, 65536, (32, 32), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "tree" / "train" / "a" / "0000.png")
+    d = load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+    high_bytes = torch.from_numpy(grey >> 8).to(torch.uint8)
+    assert torch.equal(d.train.images[0], high_bytes.expand(3, -1, -1))
+
+
+def test_images_of_more_than_8_bits_of_unknown_range_are_refused(tmp_path, cache):
+    write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1))
+    floats = Image.fromarray(np.full((32, 32), 1000.0, dtype=np.float32))
+    floats.save(tmp_path / "tree" / "train" / "a" / "0000.png", format="TIFF")  # misnamed
+    with pytest.raises(ValueError, match=r"train/a/0000.png has floating-point pixels \(PIL mode F"
+                       r"\).*8 bits per channel"):
+        load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+
+
 # --- default source -------------------------------------------------------------------------
 
 def test_default_source(tmp_path, monkeypatch):
     monkeypatch.delenv("VITLIB_DATA", raising=False)
+    monkeypatch.delenv("VITLIB_CACHE", raising=False)
     (tmp_path / "pyproject.toml").write_text("")
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")  # found from a subfolder of the project too
-    with pytest.raises(ValueError, match="VITLIB_DATA.*data.*download=True"):
+    with pytest.raises(ValueError, match="VITLIB_DATA.*VITLIB_DATA=/path/to/cifar-10-python.tar.gz"
+                       ".*data.*download=True"):
         default_source()
     assert default_source(download=True) == tmp_path / "data"
     monkeypatch.setenv("VITLIB_DATA", "cifar10-jepg.tar.gz")  # a typo is never downloaded into
@@ -190,8 +268,10 @@ def test_default_source(tmp_path, monkeypatch):
         default_source(download=True)
     (tmp_path / "runs").mkdir()
     monkeypatch.setenv("VITLIB_DATA", str(tmp_path / "runs"))  # a folder, but not CIFAR-10
-    with pytest.raises(ValueError, match="runs is not a CIFAR-10 folder"):
+    with pytest.raises(ValueError, match="runs is not a CIFAR-10 folder.*VITLIB_DATA names it, so "
+                       "nothing is downloaded into it.*unset it") as error:
         load_cifar10(download=True)
+    assert "pass download=True" not in str(error.value)
     assert list((tmp_path / "runs").iterdir()) == []  # nothing downloaded into it
     monkeypatch.delenv("VITLIB_DATA")
     write_batches(tmp_path / "data" / "cifar-10-batches-py")
@@ -205,6 +285,24 @@ def test_default_source(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "x.tar.gz").write_bytes(b"")
     assert default_source() == tmp_path / "elsewhere" / "x.tar.gz"
+
+
+def test_default_source_passes_over_archives_without_cifar10(tmp_path, monkeypatch):
+    monkeypatch.delenv("VITLIB_DATA", raising=False)
+    (tmp_path / "pyproject.toml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "runs").mkdir(parents=True)
+    tar_with(tmp_path / "data" / "backup.tar.gz", [(tarfile.TarInfo("notes/a.txt"), b"x")])
+    (tmp_path / "data" / "broken.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ValueError, match=r"no CIFAR-10 data found in .*data \(skipped, .*: "
+                       r"backup.tar.gz, broken.tgz, runs/\)"):
+        default_source()
+    write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    make_tar(tmp_path / "data" / "mine.tar", tmp_path / "tree", ".")
+    assert default_source() == tmp_path / "data" / "mine.tar"
+    make_tar(tmp_path / "data" / "zoo.tar", tmp_path / "tree", ".")
+    make_tar(tmp_path / "data" / "cifar10-jpeg.tar.gz", tmp_path / "tree", ".")
+    assert default_source() == tmp_path / "data" / "cifar10-jpeg.tar.gz"  # the known name first
 
 
 # --- cache ----------------------------------------------------------------------------------
@@ -227,6 +325,36 @@ def test_second_load_reads_the_cache(tmp_path, cache, monkeypatch):
     os.utime(archive, ns=(0, 10**18))  # a changed source is decoded again
     with pytest.raises(AssertionError, match="decoded again"):
         load_cifar10(archive, cache_dir=cache)
+
+
+def test_cache_keeps_one_file_per_source(tmp_path, cache):
+    for folder in ("x", "y"):  # two sources of the same name
+        write_batches(tmp_path / folder / "b")
+        load_cifar10(tmp_path / folder / "b", cache_dir=cache)
+    first_x = data._cache_file("batches-folder", tmp_path / "x" / "b", cache)
+    assert len(list(cache.iterdir())) == 2 and first_x.is_file()
+    killed = first_x.with_name(first_x.name + ".0123.tmp")  # from a process killed while saving
+    killed.write_bytes(b"half a cache")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    writing = first_x.with_name(first_x.name + ".4567.tmp")  # another process saving now
+    writing.write_bytes(b"half a cache")
+    os.utime(tmp_path / "x" / "b" / "data_batch_1", ns=(0, 10**18))  # x changes
+    load_cifar10(tmp_path / "x" / "b", cache_dir=cache)
+    caches = {data._cache_file("batches-folder", tmp_path / folder / "b", cache)
+              for folder in ("x", "y")}
+    assert set(cache.iterdir()) == caches | {writing}  # first_x and killed are gone
+
+
+@posix_only
+def test_cache_file_is_as_readable_as_the_umask_allows(tmp_path, cache):
+    write_batches(tmp_path / "b")
+    umask = os.umask(0o022)
+    try:
+        load_cifar10(tmp_path / "b", cache_dir=cache)
+    finally:
+        os.umask(umask)
+    (cache_file,) = cache.iterdir()
+    assert cache_file.stat().st_mode & 0o777 == 0o644  # others sharing the cache can read it
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):
@@ -254,6 +382,16 @@ def test_failed_cache_write_leaves_no_partial_file(tmp_path, cache, monkeypatch)
         f.write(b"half a cache")
         raise KeyboardInterrupt
 
+    def zip_writer_disk_full(obj, f, *args, **kwargs):  # how torch.save reports a full disk
+        f.write(b"half a cache")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", zip_writer_disk_full)
+    with pytest.warns(UserWarning, match="could not write the cache.*unexpected pos"):
+        d = load_cifar10(tmp_path / "b", cache_dir=cache)
+    assert len(d.train) == 5 * PER_BATCH
+    assert list(cache.iterdir()) == []
+
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         load_cifar10(tmp_path / "b", cache_dir=cache)
@@ -278,9 +416,9 @@ def tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     return path
 
 
-def png_bytes() -> bytes:
+def png_bytes(value: int = 0) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+    Image.new("RGB", (32, 32), (value, value, value)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -297,6 +435,74 @@ def test_archive_refuses_links(tmp_path, cache):
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     archive = tar_with(tmp_path / "link.tar.gz", [(link, b"")])
     with pytest.raises(ValueError, match="'train/cat/link.png'.*is a link"):
+        load_cifar10(archive, cache_dir=cache)
+
+
+@pytest.mark.parametrize("wrapper", ["tree", "w" * 120])  # the fast reader, and tarfile
+def test_later_archive_member_replaces_an_earlier_one(tmp_path, cache, wrapper):
+    archive = tar_with(tmp_path / "a.tar.gz", [
+        (tarfile.TarInfo(f"{wrapper}/train/a/0.png"), png_bytes(0)),
+        (tarfile.TarInfo(f"{wrapper}/test/a/0.png"), png_bytes(0)),
+        (tarfile.TarInfo(f"./{wrapper}/train/a/0.png"), png_bytes(255)),  # as `tar uf` adds it
+    ])
+    d = load_cifar10(archive, cache_dir=cache, progress=False)
+    assert len(d.train) == 1 and bool((d.train.images == 255).all())
+
+
+@pytest.mark.parametrize("wrapper", ["tree", "w" * 120])
+def test_hard_link_to_an_earlier_member_reads_its_contents(tmp_path, cache, wrapper):
+    link = tarfile.TarInfo(f"{wrapper}/train/a/1.png")
+    link.type, link.linkname = tarfile.LNKTYPE, f"./{wrapper}/train/a/0.png"
+    archive = tar_with(tmp_path / "a.tar.gz", [
+        (tarfile.TarInfo(f"{wrapper}/train/a/0.png"), png_bytes(255)), (link, b""),
+        (tarfile.TarInfo(f"{wrapper}/test/a/0.png"), png_bytes(0)),
+    ])
+    d = load_cifar10(archive, cache_dir=cache, progress=False)
+    assert len(d.train) == 2 and bool((d.train.images == 255).all())
+
+
+@pytest.mark.parametrize(("target", "error"), [
+    ("train/a/later.png", "'train/a/1.png'.*hard link to 'train/a/later.png'.*--hard-dereference"),
+    ("../outside.png", "'train/a/1.png'.*links to '../outside.png', which leaves"),
+    ("/etc/passwd", "'train/a/1.png'.*links to '/etc/passwd', which leaves"),
+])
+def test_archive_refuses_other_hard_links(tmp_path, cache, target, error):
+    link = tarfile.TarInfo("train/a/1.png")
+    link.type, link.linkname = tarfile.LNKTYPE, target
+    archive = tar_with(tmp_path / "a.tar.gz", [(tarfile.TarInfo("train/a/0.png"), png_bytes()),
+                                               (link, b""),
+                                               (tarfile.TarInfo("train/a/later.png"), png_bytes())])
+    with pytest.raises(ValueError, match=error):
+        load_cifar10(archive, cache_dir=cache)
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar command")
+def test_archives_made_by_the_tar_command(tmp_path, cache):
+    write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    cat = tmp_path / "tree" / "test" / "cat"
+    (cat / "0001.png").hardlink_to(cat / "0000.png")  # archived as a link to the other name
+    archive = tmp_path / "a.tar"
+    subprocess.run(["tar", "cf", archive, "-C", tmp_path / "tree", "."], check=True)
+    white = Image.new("RGB", (32, 32), (255, 255, 255))
+    white.save(tmp_path / "tree" / "test" / "dog" / "0000.png")
+    subprocess.run(["tar", "rf", archive, "-C", tmp_path / "tree", "./test/dog/0000.png"],
+                   check=True)  # a second, later copy of the dog image
+    with tarfile.open(archive) as tar:
+        assert any(tar.getmember(f"./test/cat/{name}").islnk() for name in ("0000.png", "0001.png"))
+    d = load_cifar10(archive, cache_dir=cache, progress=False)
+    cats = CIFAR10_CLASSES.index("cat")
+    assert len(d.test) == 11 and torch.equal(d.test.images[cats], d.test.images[cats + 1])
+    assert bool((d.test.images[CIFAR10_CLASSES.index("dog") + 1] == 255).all())
+
+
+@pytest.mark.parametrize("wrapper", ["tree", "w" * 120])
+def test_tar_cut_short_on_a_block_boundary(tmp_path, cache, wrapper):
+    write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    archive = make_tar(tmp_path / "a.tar", tmp_path / "tree", wrapper)
+    raw = archive.read_bytes()
+    archive.write_bytes(raw[: -(-len(raw.rstrip(b"\0")) // 512) * 512])  # the last member's end
+    with pytest.raises(ValueError, match="a.tar ends without tar's end-of-archive marker, so it "
+                       r"seems cut short \(an interrupted copy or download\); copy it again"):
         load_cifar10(archive, cache_dir=cache)
 
 
@@ -395,7 +601,8 @@ def test_offline_download_gives_local_options(tmp_path, cache, monkeypatch):
             raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
-    with pytest.raises(RuntimeError, match="could not download.*URLError.*VITLIB_DATA.*tar.gz"):
+    with pytest.raises(RuntimeError, match="could not download.*URLError.*VITLIB_DATA.*tar.gz.*"
+                       "VITLIB_DATA=/path/to/copy jupyter lab.*%env VITLIB_DATA=/path/to/copy"):
         load_cifar10(tmp_path / "root", cache_dir=cache, download=True)
 
 

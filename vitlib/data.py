@@ -21,9 +21,11 @@ import io
 import lzma
 import os
 import pickle
+import secrets
 import shutil
 import tarfile
 import tempfile
+import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -43,7 +45,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel standard deviation of the 
 IMAGE_SIZE = 32
 _BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-_CACHE_VERSION = 1  # bump when the cache contents change
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CACHE_VERSION = 2  # bump when the cache contents change
 _ACCEPTED = (
     "accepted sources: torchvision's CIFAR-10 root folder (holding cifar-10-batches-py/), "
     "a cifar-10-batches-py/ folder, cifar-10-python.tar.gz, or an image-folder tree "
@@ -111,7 +114,7 @@ def default_source(download: bool = False) -> Path:
     if env:
         path = Path(env).expanduser()
         if not path.is_absolute() and not path.exists():  # relative to the project, not cwd
-            path = _project_dir() / path
+            path = project_dir() / path
         if not path.exists():  # a typo, not a folder to download into
             raise FileNotFoundError(
                 f"VITLIB_DATA={env} names {path}, which does not exist; correct the variable, "
@@ -119,40 +122,75 @@ def default_source(download: bool = False) -> Path:
                 f"{_ACCEPTED}"
             )
         return path
-    data_dir = _project_dir() / "data"
-    found = _find_layout(data_dir)
+    data_dir = project_dir() / "data"
+    found, skipped = _find_layout(data_dir)
     if found is not None:
         return found
     if download:
         return data_dir
+    skipped_note = (f" (skipped, holding no CIFAR-10 batches or train/<class>/ images: "
+                    f"{', '.join(skipped)})" if skipped else "")
     raise ValueError(
-        f"no CIFAR-10 data found in {data_dir}; either (1) set the environment variable "
-        "VITLIB_DATA to a cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an "
-        "image-folder tree or archive (e.g. VITLIB_DATA=../shared/data/cifar10-jpeg.tar.gz), "
+        f"no CIFAR-10 data found in {data_dir}{skipped_note}; either (1) set the environment "
+        "variable VITLIB_DATA to a cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an "
+        "image-folder tree or archive (e.g. VITLIB_DATA=/path/to/cifar-10-python.tar.gz), "
         f"(2) put one of those into {data_dir}, or (3) pass download=True when online"
     )
 
 
-def _project_dir() -> Path:
+def project_dir() -> Path:
     """The nearest folder, from the working directory up, that holds a pyproject.toml."""
     cwd = Path.cwd()
     return next((p for p in (cwd, *cwd.parents) if (p / "pyproject.toml").is_file()), cwd)
 
 
-def _find_layout(folder: Path) -> Path | None:
-    """The first CIFAR-10 source found in (or as) ``folder``, or None."""
+def _find_layout(folder: Path) -> tuple[Path | None, list[str]]:
+    """The first CIFAR-10 source found in (or as) ``folder`` (None if none), and the folders
+    and archives in it that were skipped for holding no CIFAR-10 data. Names starting with
+    "cifar" are tried first, the others in alphabetical order."""
     if not folder.is_dir():
-        return None
+        return None, []
     if _folder_layout(folder) is not None:
-        return folder
-    for child in sorted(folder.iterdir()):
+        return folder, []
+    skipped = []
+    for child in sorted(folder.iterdir(),
+                        key=lambda p: (not p.name.lower().startswith("cifar"), p.name)):
         if child.name.startswith(".") or child.name == "cache":
             continue
-        if child.is_dir() and _folder_layout(child) is not None:
-            return child
-        if child.is_file() and child.name.endswith((".tar.gz", ".tgz", ".tar")):
-            return child
-    return None
+        if child.is_dir():
+            if _folder_layout(child) is not None:
+                return child, skipped
+            skipped.append(child.name + "/")
+        elif child.is_file() and child.name.endswith(_ARCHIVE_SUFFIXES):
+            if _archive_holds_cifar(child):
+                return child, skipped
+            skipped.append(child.name)
+    return None, skipped
+
+
+def _archive_holds_cifar(path: Path) -> bool:
+    """Whether a tar archive holds a CIFAR-10 batch or image; it is read only up to the
+    first one, so a CIFAR-10 archive answers at once."""
+    try:
+        with tarfile.open(path, "r|*") as archive:
+            for member in archive:
+                parts = _parts(member.name)
+                if parts and (parts[-1] in _BATCH_FILES or _is_image_member(parts)):
+                    return True
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError):
+        pass
+    return False
+
+
+def _is_image_member(parts: list[str]) -> bool:
+    """Whether a path's components name an image file in {train,test}/<class>/."""
+    return (len(parts) >= 3 and parts[-3] in ("train", "test") and not parts[-2].startswith(".")
+            and _is_image_name(parts[-1]))
+
+
+def _is_image_name(name: str) -> bool:
+    """Whether a file name is one of an image, and not hidden."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in _IMAGE_SUFFIXES
 
 
 def _folder_layout(folder: Path) -> tuple[str, Path] | None:
@@ -186,12 +224,9 @@ def load_cifar10(
     ``download=True`` fetches the original data with torchvision when no local copy is found,
     never into a folder that ``$VITLIB_DATA`` names.
     """
-    if source is not None:
-        path = Path(source).expanduser()
-    else:
-        path = default_source(download)
-        download = download and not os.environ.get("VITLIB_DATA")  # it names data, not a root
-    kind, path = _locate(path, download)
+    from_env = source is None and bool(os.environ.get("VITLIB_DATA"))
+    path = Path(source).expanduser() if source is not None else default_source(download)
+    kind, path = _locate(path, download and not from_env, from_env)  # it names data, not a root
     cache_file = _cache_file(kind, path, cache_dir)
     if cache_file.is_file():
         try:
@@ -210,8 +245,9 @@ def load_cifar10(
     return data
 
 
-def _locate(path: Path, download: bool) -> tuple[str, Path]:
-    """("images-folder" | "batches-folder" | "archive", path to read), downloading if asked."""
+def _locate(path: Path, download: bool, from_env: bool) -> tuple[str, Path]:
+    """("images-folder" | "batches-folder" | "archive", path to read), downloading if asked;
+    ``from_env`` says that ``$VITLIB_DATA`` named the path, which is never downloaded into."""
     if path.is_file():
         return "archive", path
     if path.is_dir():
@@ -221,11 +257,15 @@ def _locate(path: Path, download: bool) -> tuple[str, Path]:
         if not download:
             found = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
             listing = ", ".join(found[:8]) + (", ..." if len(found) > 8 else "") or "nothing"
-            raise ValueError(
-                f"{path} is not a CIFAR-10 folder (found: {listing}); {_ACCEPTED}; "
-                "or pass download=True to download CIFAR-10 into it"
+            remedy = (
+                f"VITLIB_DATA names it, so nothing is downloaded into it: correct VITLIB_DATA, "
+                f"or unset it to let download=True download into {project_dir() / 'data'}"
+                if from_env else "or pass download=True to download CIFAR-10 into it"
             )
-    elif not download or path.name.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+            raise ValueError(
+                f"{path} is not a CIFAR-10 folder (found: {listing}); {_ACCEPTED}; {remedy}"
+            )
+    elif not download or path.name.endswith((*_ARCHIVE_SUFFIXES, ".zip")):
         raise FileNotFoundError(
             f"CIFAR-10 source {path} does not exist; check the path (or $VITLIB_DATA); "
             f"{_ACCEPTED}"
@@ -254,7 +294,9 @@ def _download(root: Path) -> Path:
                 "Offline, use a local copy instead: set VITLIB_DATA to a cifar-10-python.tar.gz, "
                 "a cifar-10-batches-py folder, or an image-folder tree or .tar.gz "
                 f"(train/<class>/*, test/<class>/*), or put one of those into "
-                f"{_project_dir() / 'data'}"
+                f"{project_dir() / 'data'}. In a notebook, start Jupyter with the variable set "
+                "(`VITLIB_DATA=/path/to/copy jupyter lab`) or run "
+                "`%env VITLIB_DATA=/path/to/copy` in a cell before loading"
             ) from err
         try:
             os.replace(private / target.name, target)
@@ -271,15 +313,34 @@ def _batch_names(folder: Path) -> list[str]:
 
 
 def _folder_files(root: Path) -> list[tuple[str, bytes]]:
-    """(path relative to root, bytes) of every file under root/train and root/test."""
-    files = []
+    """(path relative to root, bytes) of every image file under root/train and root/test."""
+    return [(path.relative_to(root).as_posix(), path.read_bytes()) for path in _image_paths(root)]
+
+
+def _image_paths(root: Path) -> list[Path]:
+    """The image files under root/train and root/test: regular files with an image suffix,
+    outside hidden names. Links to folders are followed, except into root or a folder that
+    holds the link (a cycle)."""
+    paths = []
+
+    def walk(folder: Path, ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(folder)
+        if real in ancestors:
+            return
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                walk(Path(entry.path), ancestors | {real})
+            elif _is_image_name(entry.name) and entry.is_file():  # no dangling link, no FIFO
+                paths.append(Path(entry.path))
+
     for split in ("train", "test"):
-        for folder, dirnames, filenames in os.walk(root / split):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = Path(folder) / name
-                files.append((path.relative_to(root).as_posix(), path.read_bytes()))
-    return files
+        if (root / split).is_dir():
+            walk(root / split, frozenset({os.path.realpath(root)}))
+    return paths
 
 
 def _from_archive(path: Path, progress: bool) -> CIFAR10:
@@ -295,10 +356,13 @@ def _from_archive(path: Path, progress: bool) -> CIFAR10:
 # --- tar archives ---------------------------------------------------------------------------
 
 def _tar_files(path: Path) -> list[tuple[str, bytes | memoryview]]:
-    """(name, contents) of the regular files of a tar archive (plain, gz, bz2 or xz).
+    """(name, contents) of the regular files of a tar archive (plain, gz, bz2 or xz), as tar
+    would extract them: a member replaces an earlier one of the same name, and a hard link
+    gets the contents of the earlier file it links to.
 
-    Refuses members whose path would leave the archive's folder (absolute or with ``..``) and
-    links, so nothing read from an archive can point outside it.
+    Refuses members whose path would leave the archive's folder (absolute or with ``..``),
+    symbolic links, and hard links to anything else, so nothing read from an archive can
+    point outside it.
     """
     raw = path.read_bytes()
     try:
@@ -314,22 +378,38 @@ def _tar_files(path: Path) -> list[tuple[str, bytes | memoryview]]:
         raise ValueError(f"{path} is truncated or corrupt ({err}); copy it again") from err
     members = _ustar_members(buf, path) if buf[257:262] == b"ustar" else None
     if members is None:  # pax headers, GNU long names or an old format: let tarfile parse it
-        members = _tarfile_members(path)
-    files = []
-    for name, kind, data in members:
-        if name.startswith(("/", "\\")) or ".." in _parts(name):
+        members = _tarfile_members(buf, path)
+    files: dict[str, bytes | memoryview] = {}  # by path without "." parts
+    for name, kind, data, target in members:
+        key = _member_path(name, name, path)
+        if kind == b"1":
+            data = files.get(_member_path(target, name, path))
+            if data is None:
+                raise ValueError(
+                    f"refusing archive member {name!r} in {path}: it is a hard link to "
+                    f"{target!r}, which is no earlier file of the archive; re-create the "
+                    "archive with `tar --hard-dereference`"
+                )
+        elif kind == b"2":
             raise ValueError(
-                f"refusing archive member {name!r} in {path}: its path leaves the archive's "
-                "folder (absolute or containing '..'); re-create the archive with relative paths"
+                f"refusing archive member {name!r} in {path}: it is a link to {target!r}, and a "
+                "data archive must hold plain files; re-create it with `tar --dereference`"
             )
-        if kind in (b"1", b"2"):
-            raise ValueError(
-                f"refusing archive member {name!r} in {path}: it is a link, and a data archive "
-                "must hold plain files; re-create it with `tar --dereference`"
-            )
-        if kind in (b"0", b"\0", b"7"):
-            files.append((name, data))
-    return files
+        if kind in (b"0", b"\0", b"1", b"7"):
+            files[key] = data
+    return list(files.items())
+
+
+def _member_path(name: str, member: str, path: Path) -> str:
+    """``name`` (the path of ``member`` or of its link's target) without "." parts, refused
+    when it leaves the archive's folder."""
+    if name.startswith(("/", "\\")) or ".." in _parts(name):
+        where = "its path" if name == member else f"it links to {name!r}, which"
+        raise ValueError(
+            f"refusing archive member {member!r} in {path}: {where} leaves the archive's "
+            "folder (absolute or containing '..'); re-create the archive with relative paths"
+        )
+    return "/".join(_parts(name))
 
 
 def _parts(name: str) -> list[str]:
@@ -337,10 +417,20 @@ def _parts(name: str) -> list[str]:
     return [part for part in name.split("/") if part not in ("", ".")]
 
 
-def _ustar_members(buf: bytes, path: Path) -> list[tuple[str, bytes, memoryview]] | None:
-    """(name, type flag, contents) of each member of an uncompressed ustar archive, parsed
-    directly (several times faster than ``tarfile`` for 60,000 small files); None when the
-    archive uses extensions this parser leaves to ``tarfile``."""
+def _check_end(buf: bytes, end: int, path: Path) -> None:
+    """Refuse an archive whose members do not end in tar's end-of-archive marker (a block of
+    zeros), as one cut short on a block boundary does."""
+    if buf[end : end + 512] != bytes(512):
+        raise ValueError(
+            f"{path} ends without tar's end-of-archive marker, so it seems cut short (an "
+            "interrupted copy or download); copy it again"
+        )
+
+
+def _ustar_members(buf: bytes, path: Path) -> list[tuple[str, bytes, memoryview, str]] | None:
+    """(name, type flag, contents, link target) of each member of an uncompressed ustar
+    archive, parsed directly (several times faster than ``tarfile`` for 60,000 small files);
+    None when the archive uses extensions this parser leaves to ``tarfile``."""
     view = memoryview(buf)
     members, pos = [], 0
     while pos + 512 <= len(buf) and buf[pos] != 0:  # an all-zero block ends the archive
@@ -357,17 +447,24 @@ def _ustar_members(buf: bytes, path: Path) -> list[tuple[str, bytes, memoryview]
             name = header[345:500].split(b"\0", 1)[0] + b"/" + name
         if pos + 512 + size > len(buf):
             raise ValueError(f"{path} is truncated (member {name.decode()!r}); copy it again")
+        target = header[157:257].split(b"\0", 1)[0]
         members.append((name.decode("utf-8", "surrogateescape"), kind,
-                        view[pos + 512 : pos + 512 + size]))
+                        view[pos + 512 : pos + 512 + size],
+                        target.decode("utf-8", "surrogateescape")))
         pos += 512 + -(-size // 512) * 512  # contents are padded to whole 512-byte blocks
+    _check_end(buf, pos, path)
     return members
 
 
-def _tarfile_members(path: Path) -> list[tuple[str, bytes, bytes]]:
+def _tarfile_members(buf: bytes, path: Path) -> list[tuple[str, bytes, bytes, str]]:
+    """(name, type flag, contents, link target) of each member of an uncompressed tar
+    archive, parsed by ``tarfile``."""
     try:
-        with tarfile.open(path) as archive:
-            return [(m.name, m.type, archive.extractfile(m).read() if m.isfile() else b"")
-                    for m in archive]
+        with tarfile.open(fileobj=io.BytesIO(buf)) as archive:
+            members = [(m.name, m.type, archive.extractfile(m).read() if m.isfile() else b"",
+                        m.linkname) for m in archive]
+            _check_end(buf, archive.offset, path)
+            return members
     except tarfile.TarError as err:
         raise ValueError(
             f"{path} is not a tar archive, so CIFAR-10 cannot be read from it; {_ACCEPTED}"
@@ -382,6 +479,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     _numpy = {
         "_reconstruct": np.ndarray((0,)).__reduce__()[0],
+        "_frombuffer": np.ndarray((0,)).__reduce_ex__(5)[0],  # arrays in pickle protocol 5
         "scalar": np.int64(0).__reduce__()[0],
         "ndarray": np.ndarray,
         "dtype": np.dtype,
@@ -428,8 +526,8 @@ def _from_batches(files: dict[str, bytes | memoryview], where: str) -> CIFAR10:
         splits.append(Split(torch.cat(images).view(-1, 3, 32, 32), torch.cat(labels)))
     classes = list(CIFAR10_CLASSES)
     if "batches.meta" in files:
-        classes = [str(c) for c in _unpickle(files["batches.meta"], "batches.meta", where)
-                   ["label_names"]]
+        classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
+                   for c in _unpickle(files["batches.meta"], "batches.meta", where)["label_names"]]
     return CIFAR10(splits[0], splits[1], classes)
 
 
@@ -443,9 +541,7 @@ def _from_image_files(
     prefixes = set()
     for name, data in files:
         parts = _parts(name)
-        if (len(parts) < 3 or parts[-3] not in found or parts[-1].startswith(".")
-                or parts[-2].startswith(".")
-                or os.path.splitext(parts[-1])[1].lower() not in _IMAGE_SUFFIXES):
+        if not _is_image_member(parts):
             continue
         prefixes.add("/".join(parts[:-3]))
         found[parts[-3]].setdefault(parts[-2], []).append((name, data))
@@ -545,9 +641,17 @@ def _decode_with_pil(name: str, data: bytes | memoryview) -> Tensor:
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.mode.startswith("I;16"):  # 16-bit grey: keep each pixel's high byte
+                image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+            mode = image.mode
             array = np.asarray(image.convert("RGB"))
     except Exception as err:
         raise ValueError(f"cannot read image {name} ({err}); replace or delete the file") from err
+    if mode in ("I", "F"):  # convert("RGB") clips these to 0..255 instead of scaling them
+        raise ValueError(
+            f"image {name} has {'32-bit integer' if mode == 'I' else 'floating-point'} pixels "
+            f"(PIL mode {mode}), whose range is unknown; save it with 8 bits per channel"
+        )
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
@@ -565,22 +669,24 @@ def _check_size(name: str, image: Tensor) -> Tensor:
 # --- cache ----------------------------------------------------------------------------------
 
 def _cache_file(kind: str, path: Path, cache_dir: str | Path | None) -> Path:
-    """Cache file named by the source's absolute path, sizes and modification times."""
+    """Cache file named ``<source name>-<hash of its absolute path>-<hash of its files' sizes
+    and modification times>.pt``, so all cache files of one source share the first part."""
     if cache_dir is None:
-        cache_dir = os.environ.get("VITLIB_CACHE") or _project_dir() / "data" / "cache"
+        cache_dir = os.environ.get("VITLIB_CACHE") or project_dir() / "data" / "cache"
     path = path.resolve()
     if kind == "archive":
         files = [path]
     elif kind == "batches-folder":
         files = [path / name for name in _batch_names(path)]
     else:
-        files = [Path(folder) / name for split in ("train", "test")
-                 for folder, _, names in sorted(os.walk(path / split)) for name in sorted(names)]
-    key = hashlib.sha256(f"v{_CACHE_VERSION} {path}".encode())
+        files = _image_paths(path)
+    signature = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
     for file in files:
         stat = file.stat()
-        key.update(f"|{file.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return Path(cache_dir).expanduser() / f"{path.name}-{key.hexdigest()[:16]}.pt"
+        signature.update(
+            f"|{file.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    source = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"{path.name}-{source}-{signature.hexdigest()[:16]}.pt"
 
 
 def _read_cache(file: Path) -> CIFAR10:
@@ -593,7 +699,8 @@ def _read_cache(file: Path) -> CIFAR10:
 
 
 def _write_cache(file: Path, data: CIFAR10) -> None:
-    """Write atomically (temporary file + rename): a crash never leaves a partial cache."""
+    """Write atomically (temporary file + rename): a crash never leaves a partial cache. The
+    file is readable by whoever the umask allows, so a cache folder can be shared."""
     state = {
         "train_images": data.train.images, "train_labels": data.train.labels,
         "test_images": data.test.images, "test_labels": data.test.labels,
@@ -602,18 +709,36 @@ def _write_cache(file: Path, data: CIFAR10) -> None:
     tmp = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        _remove_stale_cache(file)
+        name = file.with_name(f"{file.name}.{secrets.token_hex(8)}.tmp")
+        with open(name, "xb") as f:  # mode 0o666 less the umask, unlike mkstemp's 0o600
+            tmp = name
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, file)
-    except OSError as err:  # a read-only or full disk costs speed next time, not this load
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError;
+        # a read-only or full disk costs speed next time, not this load
         warnings.warn(f"could not write the cache {file} ({err}); the next load decodes again",
                       stacklevel=3)
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+def _remove_stale_cache(file: Path) -> None:
+    """Remove the other cache files of ``file``'s source (left by older versions of it) and
+    its temporary files older than an hour (left by a killed process)."""
+    prefix = file.name.rpartition("-")[0] + "-"  # <source name>-<hash of its path>-
+    for other in file.parent.iterdir():
+        if other == file or not other.name.startswith(prefix):
+            continue
+        try:
+            if other.suffix == ".pt" or (
+                    other.suffix == ".tmp" and time.time() - other.stat().st_mtime > 3600):
+                other.unlink()
+        except OSError:  # removed by another process already, or not ours to remove
+            pass
 
 
 # --- splitting and made-up data -------------------------------------------------------------
