@@ -122,6 +122,13 @@ def test_bench_forwards_its_arguments(monkeypatch):
     assert seen == [["--help", "--steps", "3"]]
 
 
+def test_bench_reports_a_missing_data_source_as_one_line(tmp_path, capsys):
+    assert main(["bench", "--rows", "typical", "--data", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m vitlib bench: error: ") and "nothing" in err
+    assert "\n" not in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -323,18 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main  # imported only when asked for
 
-        return bench_main(argv[1:]) or 0
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        command, run = "bench", lambda: bench_main(argv[1:]) or 0
+    else:
+        args = build_parser().parse_args(argv)
+        command, run = args.command, lambda: args.func(args)
     from .train import TrainingDiverged
 
     try:
-        return args.func(args)
+        return run()
     except (ValueError, FileNotFoundError) as err:
-        print(f"python -m vitlib {args.command}: error: {err}", file=sys.stderr)
+        print(f"python -m vitlib {command}: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
-        print(f"python -m vitlib {args.command}: {err}", file=sys.stderr)
+        print(f"python -m vitlib {command}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

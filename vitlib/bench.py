@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from .attention import fused_attention
 from .augment import Augment, AugmentConfig
-from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, load_cifar10, synthetic_cifar
+from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, synthetic_cifar
 from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend, synchronize
 from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
 from .train import TrainConfig, get_recipe, make_optimizer, pick_device, train
@@ -575,11 +575,16 @@ def main(argv: list[str] | None = None) -> int:
     timm_version = _timm_version()
     timm_note = f"timm {timm_version}" if timm_version else "timm not importable (no timm row)"
     print(f"device: {name} · torch {torch.__version__} · {timm_note}")
+    if not on_cuda and not args.smoke:
+        print("note: the benchmark is sized for a GPU (the full model, batches up to 1024); on a "
+              "CPU it takes long, and --smoke checks every row in seconds")
     loaded = time.perf_counter()
     if args.data == "synthetic" or (args.smoke and args.data is None):
         data = synthetic_cifar(n_train=256, n_test=16)
     else:
-        data = load_cifar10(args.data, progress=False)
+        from .__main__ import load_data  # the command line's sources, downloads and errors
+
+        data = load_data(args.data, quiet=True)
     print(f"data: {len(data.train)} training images loaded in {time.perf_counter() - loaded:.1f} s")
     train_flops = 3 * flops_per_image(config)
     print(f"model: ViT d={config.embed_dim} depth={config.depth} heads={config.num_heads} "
