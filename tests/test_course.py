@@ -242,3 +242,14 @@ def test_online_names_what_needed_the_internet():
     with pytest.raises(ValueError):  # other errors are not about the internet
         with course.online("the weights"):
             raise ValueError("a bad file")
+
+
+def test_runs_dir_is_the_projects_from_any_folder_in_it(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert course.runs_dir() == tmp_path / "runs"
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_colab"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # outside a checkout: runs/ where the notebook runs
+    assert course.runs_dir() == elsewhere / "runs"

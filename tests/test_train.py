@@ -15,6 +15,7 @@ from vitlib import train as train_module
 from vitlib.augment import Augment, AugmentConfig, normalize
 from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from vitlib.data import Split, load_cifar10, synthetic_cifar
+from vitlib.fast import widest_float
 from vitlib.model import ViT, ViTConfig, get_config
 from vitlib.patches import PatchEmbed
 from vitlib.train import (
@@ -287,9 +288,9 @@ def test_resume_with_another_layer_decay_is_refused(data, tmp_path):
 
 
 def test_running_sums_avoid_float64_where_the_device_has_none():
-    assert train_module._widest_float(torch.device("mps")) == torch.float32  # Apple GPUs
-    assert train_module._widest_float(torch.device("cpu")) == torch.float64
-    assert train_module._widest_float(torch.device("cuda", 0)) == torch.float64
+    assert widest_float(torch.device("mps")) == torch.float32  # Apple GPUs
+    assert widest_float(torch.device("cpu")) == torch.float64
+    assert widest_float(torch.device("cuda", 0)) == torch.float64
 
 
 def test_resume_from_a_missing_checkpoint_is_refused(data, tmp_path):

@@ -6,6 +6,7 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -92,6 +93,14 @@ def format_bytes(n: float) -> str:
         if n < 1024:
             return f"{n:,.1f} {unit}"
     return f"{n / 1024:,.1f} GiB"
+
+
+def runs_dir() -> Path:
+    """The project's ``runs/`` folder (git-ignored), wherever in the project a notebook runs;
+    ``runs/`` in the working directory outside a checkout (Colab)."""
+    from vitlib.data import project_dir
+
+    return project_dir() / "runs"
 
 
 @contextmanager

@@ -170,6 +170,11 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def widest_float(device: torch.device) -> torch.dtype:
+    """float64, or float32 on a device without float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model, for every parameter (buffers are copied)."""

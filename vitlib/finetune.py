@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast import widest_float
 from .model import ViT
 
 
@@ -131,7 +132,8 @@ def resample_patch_kernel(
     resized = F.interpolate(basis, size=(patch_size, patch_size), mode=interpolation,
                             antialias=antialias, align_corners=False)  # (p², 1, q, q)
     resize = resized.flatten(1).T  # R: (q², p²), a p×p patch -> a q×q patch
-    pinv = torch.linalg.pinv(resize.T).to(weight.device)  # built on the CPU: small
-    new = pinv @ weight.double().flatten(2).permute(2, 0, 1).flatten(1)
+    wide = widest_float(weight.device)
+    pinv = torch.linalg.pinv(resize.T).to(weight.device, wide)  # built on the CPU: small
+    new = pinv @ weight.to(wide).flatten(2).permute(2, 0, 1).flatten(1)
     d, c = weight.shape[:2]
     return new.view(patch_size, patch_size, d, c).permute(2, 3, 0, 1).to(weight.dtype)

@@ -42,7 +42,14 @@ from tqdm.auto import tqdm
 from .augment import Augment, AugmentConfig, normalize
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, train_val_split
-from .fast import COMPILE_MODES, TrainStep, check_attention, synchronize, update_ema
+from .fast import (
+    COMPILE_MODES,
+    TrainStep,
+    check_attention,
+    synchronize,
+    update_ema,
+    widest_float,
+)
 from .model import ViT, ViTConfig, config_dict, count_parameters, get_config
 from .muon import MuonAdamW
 
@@ -387,11 +394,6 @@ class _Process:
         return self.rank == 0
 
 
-def _widest_float(device: torch.device) -> torch.dtype:
-    """float64, or float32 on a device without float64 (Apple's MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """The device ``name`` means: "auto" is this process's GPU if PyTorch sees one, else the
     CPU; "cuda" is this process's GPU (``local_rank``); anything else as PyTorch reads it."""
@@ -605,7 +607,7 @@ class _Run:
             "loss": torch.zeros((), device=device),
             "correct": torch.zeros((), device=device, dtype=torch.long),
             "seen": torch.zeros((), device=device, dtype=torch.long),
-            "time": torch.zeros((), device=device, dtype=_widest_float(device)),
+            "time": torch.zeros((), device=device, dtype=widest_float(device)),
         }
 
     def _sums_of_all_processes(self) -> dict[str, Tensor]:
@@ -812,7 +814,7 @@ class _Run:
         self.train_time = time_before + time.perf_counter() - started
         flags = torch.tensor(
             [float(stop.requested), float(bad_step), self.train_time],
-            dtype=_widest_float(self.proc.device), device=self.proc.device,
+            dtype=widest_float(self.proc.device), device=self.proc.device,
         )
         if self.proc.world_size > 1:  # the same decision in every process
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
