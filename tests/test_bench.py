@@ -116,6 +116,113 @@ def test_a_timm_that_cannot_be_imported_skips_the_timm_row(error, monkeypatch, c
     assert "typical: " in printed and "timm: failed" not in printed
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["--typical-batch", "0"], "argument --typical-batch: must be at least 1, got 0"),
+    (["--timm-batch", "-8"], "argument --timm-batch: must be at least 1, got -8"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--profile-steps", "0"], "argument --profile-steps: must be at least 1, got 0"),
+    (["--warmup", "-1"], "argument --warmup: must be at least 0, got -1"),
+    (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+    (["--steps", "2.5"], "argument --steps: expected a whole number, got '2.5'"),
+    (["--deadline", "-1"], "argument --deadline: must be more than 0 seconds, got -1"),
+    (["--deadline", "0"], "argument --deadline: must be more than 0 seconds, got 0"),
+    (["--deadline", "nan"], "argument --deadline: must be more than 0 seconds, got nan"),
+    (["--attention", "bogus"], "argument --attention: invalid choice: 'bogus'"),
+    (["--fast-compile-mode", "fastest"], "argument --fast-compile-mode: invalid choice"),
+    (["--device", "gpu"], "argument --device: unknown device 'gpu'; use auto, cpu, cuda, "
+     "cuda:N or mps"),
+    (["--device", "meta"], "argument --device: cannot run on device 'meta'"),
+])
+def test_bad_sizes_kernels_and_devices_are_refused_before_any_row_runs(flags, message,
+                                                                        capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--smoke", "--rows", "typical", *flags])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "typical" not in captured.out
+
+
+def test_the_parser_takes_no_warmup_no_workers_and_the_bench_devices():
+    parse = bench.build_parser().parse_args
+    args = parse(["--warmup", "0", "--workers", "0", "--deadline", "0.5"])
+    assert (args.warmup, args.workers, args.deadline) == (0, 0, 0.5)
+    for attention in ("auto", "default", *bench.ATTENTION_BACKENDS):
+        assert parse(["--attention", attention]).attention == attention
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert parse(["--device", device]).device == device
+
+
+def test_smoke_sizes_fill_only_the_sizes_not_given(tmp_path, monkeypatch):
+    def parse(argv):
+        args = bench.fill_sizes(bench.build_parser().parse_args(argv))
+        return {name: getattr(args, name) for name in bench.SIZES}
+
+    assert parse([]) == bench.SIZES and parse(["--smoke"]) == bench.SMOKE_SIZES
+    assert parse(["--smoke", "--workers", "2", "--profile-steps", "5"]) == (
+        bench.SMOKE_SIZES | {"workers": 2, "profile_steps": 5})
+    assert parse(["--batch-size", "64"]) == bench.SIZES | {"batch_size": 64}
+    timed = []  # (warmup, steps, repeats) of each row
+    real_time_steps = bench.time_steps
+
+    def spy(step, device, warmup, steps, repeats):
+        timed.append((warmup, steps, repeats))
+        return real_time_steps(step, device, warmup, steps, repeats)
+
+    monkeypatch.setattr(bench, "time_steps", spy)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "typical", "--typical-batch", "8", "--steps", "3",
+                       "--warmup", "0", "--json", str(out)]) == 0
+    assert timed == [(0, 3, 1)]  # the smoke run's single window
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["batch_size"] == 8
+
+
+def test_a_failed_row_makes_the_run_exit_1_and_the_others_are_kept(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    # 256 made-up images hold no batch of 1000: the compiled row fails, the typical one runs
+    assert bench.main(["--smoke", "--rows", "typical,compiled", "--batch-size", "1000",
+                       "--json", str(out)]) == 1
+    assert [r["name"] for r in json.loads(out.read_text())["rows"]] == ["typical"]
+    printed = capsys.readouterr().out
+    assert "compiled: failed" in printed
+    table = printed[printed.index("pipeline"):].splitlines()
+    assert [line.split()[0] for line in table[2:-1]] == ["typical"]
+    assert table[-1].startswith("failed: compiled")
+
+
+def test_rows_skipped_at_the_deadline_are_not_failures(capsys):
+    assert bench.main(["--smoke", "--rows", "typical", "--deadline", "1e-9"]) == 0
+    assert "typical: skipped, past the" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [
+    ("folder", "is a folder; name a file in it, e.g. --json"),
+    ("missing folder", "there is no folder"),
+    ("not json\n", "is not JSON (JSONDecodeError"),
+    ('{"rows": [{"speed": 1}]}', "holds JSON, but not a bench run's rows"),
+    ("[]", "holds JSON, but not a bench run's rows"),
+])
+def test_a_json_path_that_cannot_hold_results_is_refused_in_a_line_naming_it(
+    content, message, tmp_path, capsys
+):
+    from vitlib.__main__ import main as cli
+
+    path = tmp_path / "bench.json"
+    if content == "folder":
+        path.mkdir()
+    elif content == "missing folder":
+        path = tmp_path / "nowhere" / "bench.json"
+    else:
+        path.write_text(content)
+    assert cli(["bench", "--smoke", "--rows", "typical", "--json", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"python -m vitlib bench: error: --json {path}") and message in err
+    assert "\n" not in err and "typical" not in captured.out  # before any row ran
+
+
 def _gpu_check(tmp_path: Path, bench_rc: int = 0,
                bench_json: dict | None = None) -> tuple[list[str], str]:
     """Run benchmarks/gpu_check.sh with a stand-in for Python that records its calls; the

@@ -133,6 +133,7 @@ def test_bench_reports_a_missing_data_source_as_one_line(tmp_path, capsys):
     ("args", "message"),
     [
         (["train", "--smoke", "--device", "gpu"], "unknown device 'gpu'"),
+        (["train", "--smoke", "--device", "meta"], "cannot run on device 'meta'"),
         (["train", "--smoke", "--max-train-samples", "0"], "must be at least 1, got 0"),
         (["eval", "runs/x", "--batch-size", "0"], "must be at least 1, got 0"),
         (["eval", "runs/x", "--max-samples", "-1"], "must be at least 1, got -1"),
@@ -143,6 +144,46 @@ def test_bad_flag_values_are_rejected_by_the_parser(args, message, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--attention", "math"], "--attention does nothing in this run: it needs --fast-step"),
+        (["--compile-mode", "reduce-overhead"], "--compile-mode does nothing in this run"),
+        (["--magnitude", "0.5"], "it needs --trivial-augment N"),
+        (["--mix-prob", "0.5"], "it needs --mixup or --cutmix"),
+        (["--optimizer", "adamw", "--muon-lr-ratio", "2"], "it needs --optimizer muon"),
+        (["--lr", "nan"], "lr must be positive, got nan"),
+        (["--ema-decay", "1.5"], "ema_decay must be in [0, 1)"),
+        (["--time-budget", "inf"], "--time-budget must be 0 (no limit) or more seconds"),
+        (["--out", ""], "the output folder is empty text"),
+        (["--recipe", "cpu", "--resume", "runs/x"], "--recipe names the settings of a new run, "
+                                                    "and --resume continues"),
+    ],
+)
+def test_flags_that_would_do_nothing_or_harm_are_refused_before_training(flags, message,
+                                                                        capsys):
+    assert main([*SMOKE, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "epoch 1/1" not in err
+
+
+def test_an_earlier_run_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"an earlier run")
+    assert main(["train", "--data", "synthetic", "--out", str(tmp_path), "--threads", "1"]) == 2
+    assert "already holds a run (checkpoint.pt); continue it with --resume" in (
+        capsys.readouterr().err)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == b"an earlier run"
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below", "checkpoint_is_a_folder"])
+def test_an_output_folder_that_cannot_hold_checkpoints_is_refused_first(where, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "checkpoint_is_a_folder" / CHECKPOINT_NAME).mkdir(parents=True)
+    assert main([*SMOKE, "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write checkpoints into" in err and "choose another output folder" in err
 
 
 def test_negative_time_budget_names_the_flag(capsys):

@@ -170,7 +170,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     assert (f"the last checkpoint {tmp_path / CHECKPOINT_NAME} (step 25, end of epoch 1) is kept"
             in out)
     assert load_checkpoint(tmp_path)["progress"] == {
-        "epoch": 1, "batch": 0, "step": 25, "world_size": 1,
+        "epoch": 1, "batch": 0, "step": 25, "world_size": 1, "train_images": 400,
         "train_time_s": load_checkpoint(tmp_path)["progress"]["train_time_s"],
     }
 
@@ -287,6 +287,32 @@ def test_resume_with_another_layer_decay_is_refused(data, tmp_path):
         train(MODEL, config(tmp_path, epochs=2, layer_decay=0.5), data, resume=tmp_path)
 
 
+def test_resume_mid_epoch_with_another_batch_size_is_refused(data, tmp_path, monkeypatch):
+    press_ctrl_c_at(monkeypatch, {20})  # step 20 of 25 at batch 16: past the end at batch 32
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path), data)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="stopped 20 steps into an epoch of batch_size 16, and "
+                                         "this run asks for batch_size 32"):
+        train(MODEL, config(tmp_path, batch_size=32), data, resume=tmp_path)
+
+
+def test_resume_on_other_training_images_is_refused(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1), data)
+    with pytest.raises(ValueError, match="trained on 400 training images, this run has 200"):
+        train(MODEL, config(tmp_path, epochs=2, max_train_samples=200), data, resume=tmp_path)
+
+
+def test_resume_may_change_regularisation_but_not_the_shape(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1), data)
+    lighter = replace(MODEL, token_drop=0.0, drop_path=0.0, dropout=0.1)
+    history = train(lighter, config(tmp_path, epochs=2), data, resume=tmp_path)
+    assert len(history.epochs) == 2
+    assert load_checkpoint(tmp_path)["model_config"]["token_drop"] == 0.0
+    with pytest.raises(ValueError, match="different model shape .*depth: checkpoint 2 vs now 3"):
+        train(replace(MODEL, depth=3), config(tmp_path, epochs=3), data, resume=tmp_path)
+
+
 def test_running_sums_avoid_float64_where_the_device_has_none():
     assert widest_float(torch.device("mps")) == torch.float32  # Apple GPUs
     assert widest_float(torch.device("cpu")) == torch.float64
@@ -395,6 +421,37 @@ def test_no_out_dir_writes_nothing(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     history = train(MODEL, config(None, epochs=1), data)
     assert history.checkpoint is None and list(tmp_path.iterdir()) == []
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"lr": NAN}, "lr must be positive, got nan"),
+    ({"weight_decay": -1.0}, r"weight_decay must be 0 or more, got -1"),
+    ({"min_lr_ratio": 2.0}, r"min_lr_ratio must be in \[0, 1\]"),
+    ({"min_lr_ratio": -1.0}, r"min_lr_ratio must be in \[0, 1\]"),
+    ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\)"),
+    ({"label_smoothing": NAN}, r"label_smoothing must be in \[0, 1\)"),
+    ({"ema_decay": NAN}, r"ema_decay must be in \[0, 1\) \(0 = off"),
+    ({"ema_decay": -1.0}, r"ema_decay must be in \[0, 1\)"),
+    ({"grad_clip": NAN}, "grad_clip must be 0 or more"),
+    ({"muon_lr_ratio": INF}, "muon_lr_ratio must be positive"),
+    ({"warmup_epochs": INF}, "warmup_epochs must be 0 or more"),
+    ({"time_budget_s": NAN}, "time_budget_s must be positive"),
+    ({"time_budget_s": INF}, "time_budget_s must be positive"),
+    ({"seed": 2**64}, r"seed must be in \[0, 2\^63\)"),
+    ({"seed": -1}, r"seed must be in \[0, 2\^63\)"),
+])
+def test_settings_outside_their_range_are_refused(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **setting)
+
+
+@pytest.mark.parametrize("setting", [{"mixup_alpha": NAN}, {"cutmix_alpha": INF}])
+def test_mixing_strengths_must_be_finite(setting):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AugmentConfig(**setting)
 
 
 def test_bad_settings_are_explained(data, tmp_path):
@@ -629,3 +686,12 @@ def test_changed_settings_names_what_differs_from_a_checkpoint(data, tmp_path):
     del state["train_config"]["optimizer"]  # a checkpoint from before there was a choice
     assert changed_settings(state, MODEL, config(tmp_path, epochs=1))["optimizer"] == (
         None, config(tmp_path).optimizer)
+
+
+def test_images_per_s_leaves_out_the_compiling_steps(data, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda net, **options: net)  # compiles nothing here
+    history = train(MODEL, config(None, epochs=2, batch_size=128, compile=True), data)
+    first, second = history.epochs  # 3 steps per epoch: all of the first compile (off the clock)
+    assert history.compile_s > 0
+    assert first["images_per_s"] == 0  # no image of it was timed
+    assert 0 < second["images_per_s"] < 1e6

@@ -23,7 +23,7 @@ import torch
 
 from .fast import ATTENTION_BACKENDS, COMPILE_MODES
 from .model import ATTN_INITS, POS_EMBEDS, PRESETS, ViTConfig, get_config
-from .train import OPTIMIZERS, PRECISIONS, RECIPES, TrainConfig, pick_device
+from .train import DEVICE_TYPES, OPTIMIZERS, PRECISIONS, RECIPES, TrainConfig, pick_device
 
 SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 SMOKE_TRAIN = {  # TrainConfig fields of --smoke runs
@@ -106,7 +106,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     aug.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random flips")
     aug.add_argument("--trivial-augment", type=int, metavar="N",
                      help="TrivialAugment ops per image (0 = off)")
-    aug.add_argument("--magnitude", type=float, help="TrivialAugment top strength in (0, 1]")
+    aug.add_argument("--magnitude", type=float, help="TrivialAugment top strength in [0, 1]")
     aug.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup alpha (0 = off)")
     aug.add_argument("--cutmix", type=float, metavar="ALPHA", help="cutmix alpha (0 = off)")
     aug.add_argument("--mix-prob", type=float, help="chance an image is mixed")
@@ -115,15 +115,32 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                      help="repeated augmentation: each image N times per batch (1 = off)")
 
 
+# flags that only matter with another setting: (flag, whether the settings make it inert, the
+# setting it needs)
+NEEDS = (
+    ("attention", lambda c: not c.fast_step, "--fast-step"),
+    ("compile_mode", lambda c: not c.compile, "--compile"),
+    ("muon_lr_ratio", lambda c: c.optimizer != "muon", "--optimizer muon"),
+    ("magnitude", lambda c: c.augment.num_ops == 0, "--trivial-augment N"),
+    ("mix_prob", lambda c: not c.augment.mixing, "--mixup or --cutmix"),
+)
+
+
 def apply_recipe_flags(
     args: argparse.Namespace, model_config: ViTConfig, config: TrainConfig
 ) -> tuple[ViTConfig, TrainConfig]:
-    """``model_config`` and ``config`` with the recipe flags that were given put in."""
+    """``model_config`` and ``config`` with the recipe flags that were given put in; a flag
+    that would do nothing with the resulting settings is refused."""
     given = _given(args, RECIPE_FLAGS)
     if augment := _given(args, AUGMENT_FLAGS):
         given["augment"] = dataclasses.replace(config.augment, **augment)
-    return (dataclasses.replace(model_config, **_given(args, MODEL_FLAGS)),
-            dataclasses.replace(config, **given))
+    config = dataclasses.replace(config, **given)
+    for flag, inert, needs in NEEDS:
+        if getattr(args, flag, None) is not None and inert(config):
+            raise ValueError(f"--{flag.replace('_', '-')} does nothing in this run: it needs "
+                             f"{needs}, which the recipe and flags leave off; add it, or drop "
+                             f"--{flag.replace('_', '-')}")
+    return dataclasses.replace(model_config, **_given(args, MODEL_FLAGS)), config
 
 
 def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
@@ -132,25 +149,32 @@ def _given(args: argparse.Namespace, flags: dict[str, str]) -> dict:
             if getattr(args, flag) is not None}
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(minimum: int):
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _device_name(text: str) -> str:
-    """An argparse type: a device PyTorch knows (auto, cpu, cuda, cuda:1, ...)."""
+def device_name(text: str) -> str:
+    """An argparse type: auto, or a device to run on (cpu, cuda, cuda:N or mps)."""
     if text != "auto":
         try:
-            torch.device(text)
+            kind = torch.device(text).type
         except RuntimeError:
+            kind = None
+        if kind not in DEVICE_TYPES:
+            what = "unknown device" if kind is None else "cannot run on device"
             raise argparse.ArgumentTypeError(
-                f"unknown device {text!r}; use auto, cpu, cuda or cuda:N") from None
+                f"{what} {text!r}; use auto, cpu, cuda, cuda:N or mps")
     return text
 
 
@@ -184,12 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int,
                    help="CPU threads (0 = the faster of 1 and all, timed each epoch)")
-    t.add_argument("--device", type=_device_name, help="auto, cuda or cpu")
-    t.add_argument("--max-train-samples", type=_positive_int, help="train on a random subset")
-    t.add_argument("--max-eval-samples", type=_positive_int,
+    t.add_argument("--device", type=device_name, help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--max-train-samples", type=whole_number(1), help="train on a random subset")
+    t.add_argument("--max-eval-samples", type=whole_number(1),
                    help="validate and test on random subsets")
     t.add_argument("--quiet", action="store_true", help="print nothing (errors aside)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (training or data decoding)")
     add_recipe_flags(t)
     t.set_defaults(func=run_train)
 
@@ -198,10 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint file or run folder")
     e.add_argument("--data", help="CIFAR-10 path (archive or folder), or 'synthetic'")
     e.add_argument("--tta", choices=["flip"], help="test-time augmentation")
-    e.add_argument("--batch-size", type=_positive_int, default=1000,
+    e.add_argument("--batch-size", type=whole_number(1), default=1000,
                    help="images per forward pass (default: 1000)")
-    e.add_argument("--device", type=_device_name, default="auto", help="auto, cuda or cpu")
-    e.add_argument("--max-samples", type=_positive_int, help="evaluate on a random subset")
+    e.add_argument("--device", type=device_name, default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps")
+    e.add_argument("--max-samples", type=whole_number(1), help="evaluate on a random subset")
     e.set_defaults(func=run_eval)
 
     commands.add_parser("bench", add_help=False, help="GPU throughput benchmark "
@@ -237,9 +263,15 @@ def run_train(args: argparse.Namespace) -> int:
         if args.preset is None:
             model_config = dataclasses.replace(model_config, **SMOKE_MODEL)
 
-    if args.time_budget is not None and args.time_budget < 0:
+    if args.time_budget is not None and not 0 <= args.time_budget < float("inf"):
         raise ValueError(f"--time-budget must be 0 (no limit) or more seconds, got "
                          f"{args.time_budget:g}")
+    if args.resume is not None:
+        for flag, what in (("recipe", "names the settings of a new run"),
+                           ("whiten_patches", "sets a new run's first patch embedding")):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag.replace('_', '-')} {what}, and --resume continues "
+                                 "the checkpoint's own settings; drop one of the two")
     # where a new run with these flags writes, and so where --resume looks by default
     default_out = f"runs/{args.preset}" if args.preset is not None and not args.smoke else (
         config.out_dir)
@@ -273,10 +305,27 @@ def run_train(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **given)
     if resume is not None and not config.quiet:
         _note_if_finished(saved["progress"], config)
+    if config.out_dir is not None:
+        _check_new_run(config.out_dir, resume=resume is not None, smoke=args.smoke)
 
-    data = load_data(args.data, smoke=args.smoke, quiet=config.quiet)
+    data = load_data(args.data, smoke=args.smoke, quiet=config.quiet or args.no_progress)
     train(model_config, config, data, resume=resume)
     return 0
+
+
+def _check_new_run(out_dir: str, *, resume: bool, smoke: bool) -> None:
+    """Refuse an output folder that cannot be written, and one that holds an earlier run
+    which a new run would overwrite (smoke runs aside)."""
+    from pathlib import Path
+
+    from .checkpoint import CHECKPOINT_NAME, check_out_dir
+
+    if not resume and not smoke and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+        raise ValueError(
+            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, or "
+            f"start a new one in another folder with --out DIR (or delete {out_dir} first)"
+        )
+    check_out_dir(out_dir)
 
 
 def _note_if_finished(progress: dict, config: TrainConfig) -> None:

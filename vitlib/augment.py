@@ -57,7 +57,7 @@ class AugmentConfig:
                 f"padding_mode must be 'reflect' or 'zeros', got {self.padding_mode!r}"
             )
         for name in ("crop_padding", "num_ops", "mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
         for name in ("magnitude", "mix_prob", "mix_switch_prob", "erase_prob"):
             if not 0 <= getattr(self, name) <= 1:

@@ -21,6 +21,9 @@ Each row runs warm-up steps (compilation included, reported apart), then ``--rep
 windows of ``--steps`` steps; the table shows the median window. The trainer row's windows are
 epochs of ``--steps`` steps (on that many batches' worth of images, or all the batches the
 training split holds where that is fewer), after one warm-up epoch.
+The sizes above are the defaults; ``--smoke`` makes those not given small. The exit status is
+1 when a row asked for failed (its error printed, the other rows measured and saved); rows
+skipped (timm not importable, ``--deadline`` passed) do not count.
 Model FLOPs utilisation (MFU) counts the matrix products of ``flops_per_image`` (×3 for a
 training step) against the bf16 matrix-product rate measured here (``--ceilings``) or the
 datasheet's.
@@ -42,16 +45,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .__main__ import SMOKE_MODEL, device_name, load_data, whole_number
 from .attention import fused_attention
 from .augment import Augment, AugmentConfig
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, synthetic_cifar
-from .fast import ATTENTION_BACKENDS, TrainStep, attention_backend, synchronize
+from .fast import ATTENTION_BACKENDS, COMPILE_MODES, TrainStep, attention_backend, synchronize
 from .model import ViT, ViTConfig, count_parameters, flops_per_image, get_config
 from .train import TrainConfig, get_recipe, make_optimizer, pick_device, train
 
 ROWS = ("typical", "timm", "compiled", "fast", "trainer")
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}  # dense bf16, SXM parts
-SMOKE_MODEL = {"embed_dim": 32, "depth": 1, "num_heads": 2}  # the model of --smoke runs
 
 
 @dataclass
@@ -502,25 +505,53 @@ def measure_row(
 # --- the command --------------------------------------------------------------------------------
 
 
+# sizes of a run, and of a --smoke run, for the flags not given on the command line
+SIZES = {"steps": 50, "repeats": 3, "warmup": 15, "typical_batch": 128, "timm_batch": 512,
+         "batch_size": 1024, "workers": 8, "profile_steps": 10}
+SMOKE_SIZES = {"steps": 2, "repeats": 1, "warmup": 1, "typical_batch": 16, "timm_batch": 16,
+               "batch_size": 16, "workers": 0, "profile_steps": 2}
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vitlib bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    positive, natural = whole_number(1), whole_number(0)
+
+    def sizes(name: str) -> str:  # the defaults of a flag of SIZES, in its help
+        return f"default {SIZES[name]}; --smoke: {SMOKE_SIZES[name]}"
+
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {ROWS}")
     p.add_argument("--preset", default="vit_cifar_tiny", help="model shape (all rows)")
     p.add_argument("--data", help="CIFAR-10 path or 'synthetic' (default: $VITLIB_DATA)")
-    p.add_argument("--steps", type=int, default=50, help="steps per timed window")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows per row")
-    p.add_argument("--warmup", type=int, default=15, help="untimed steps first (compiling)")
-    p.add_argument("--typical-batch", type=int, default=128)
-    p.add_argument("--timm-batch", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1024, help="batch of the vitlib rows")
-    p.add_argument("--workers", type=int, default=8, help="DataLoader workers (typical row)")
+    p.add_argument("--steps", type=positive, help=f"steps per timed window ({sizes('steps')})")
+    p.add_argument("--repeats", type=positive,
+                   help=f"timed windows per row ({sizes('repeats')})")
+    p.add_argument("--warmup", type=natural,
+                   help=f"untimed steps first, compiling ({sizes('warmup')})")
+    p.add_argument("--typical-batch", type=positive, help=f"({sizes('typical_batch')})")
+    p.add_argument("--timm-batch", type=positive, help=f"({sizes('timm_batch')})")
+    p.add_argument("--batch-size", type=positive,
+                   help=f"batch of the vitlib rows ({sizes('batch_size')})")
+    p.add_argument("--workers", type=natural,
+                   help=f"DataLoader workers of the typical row, 0: none ({sizes('workers')})")
     p.add_argument("--attention", default="auto",
+                   choices=["auto", "default", *ATTENTION_BACKENDS],
                    help="kernel of the fast row: auto (fastest correct one measured here), "
                    f"default (PyTorch's choice) or one of {', '.join(ATTENTION_BACKENDS)}")
-    p.add_argument("--fast-compile-mode", default="reduce-overhead",
+    p.add_argument("--fast-compile-mode", default="reduce-overhead", choices=COMPILE_MODES,
                    help="torch.compile mode of the fast row (reduce-overhead: CUDA graphs)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile in the timm, compiled and fast rows (default: on CUDA)")
@@ -529,23 +560,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="", help="comma-separated rows (not trainer) whose "
                    "steps to profile after timing them: ms per step by kind of kernel, the "
                    "device's idle time, the top kernels (torch.profiler)")
-    p.add_argument("--profile-steps", type=int, default=10, help="steps each profile covers")
+    p.add_argument("--profile-steps", type=positive,
+                   help=f"steps each profile covers ({sizes('profile_steps')})")
     p.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                    help="set torch._inductor.config.NAME to the Python literal VALUE before "
                    "anything compiles (repeatable), e.g. combo_kernels=True or "
                    "triton.cudagraph_trees=False")
-    p.add_argument("--deadline", type=float, help="skip rows that would start after this "
-                   "many seconds (keeps a time-limited run from losing the table)")
+    p.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                   help="skip rows that would start after this many seconds from the start "
+                   "(keeps a time-limited run from losing the table)")
     p.add_argument("--json", help="write the results here; rows already in the file are kept "
                    "(same name: replaced), so several runs fill one table")
-    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (a GPU if PyTorch sees one), cpu, cuda, cuda:N or mps")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny model, made-up data, 2 steps per row: checks that it all runs")
+                   help="tiny model, made-up data unless --data, and the small sizes above "
+                   "(2 steps per row) for the sizes not given: checks that it all runs")
     return p
 
 
+def fill_sizes(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the sizes not given (None) set: SMOKE_SIZES with --smoke, else SIZES."""
+    for name, value in (SMOKE_SIZES if args.smoke else SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = fill_sizes(build_parser().parse_args(argv))
     started = time.perf_counter()
     rows_wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted((set(rows_wanted) | _profile_rows(args)) - set(ROWS))
@@ -561,15 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         inductor = set_inductor_options(args.inductor)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    earlier = read_report(args.json) if args.json else None  # before any time is spent
     device = pick_device(args.device)
     on_cuda = device.type == "cuda"
     use_compile = on_cuda if args.compile is None else args.compile
     overrides = SMOKE_MODEL if args.smoke else {}
     config = get_config(args.preset, **overrides)
-    if args.smoke:
-        args.steps, args.repeats, args.warmup, args.workers = 2, 1, 1, 0
-        args.profile_steps = min(args.profile_steps, 2)
-        args.typical_batch = args.timm_batch = args.batch_size = 16
 
     name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
     timm_version = _timm_version()
@@ -582,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "synthetic" or (args.smoke and args.data is None):
         data = synthetic_cifar(n_train=256, n_test=16)
     else:
-        from .__main__ import load_data  # the command line's sources, downloads and errors
-
         data = load_data(args.data, quiet=True)
     print(f"data: {len(data.train)} training images loaded in {time.perf_counter() - loaded:.1f} s")
     train_flops = 3 * flops_per_image(config)
@@ -593,8 +631,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{train_flops / 1e9:.2f} GFLOP per training image (3 × forward matrix products)")
 
     report: dict = {"device": name, "torch": torch.__version__, "rows": []}
-    if args.json and Path(args.json).is_file():
-        report = json.loads(Path(args.json).read_text())
+    if earlier is not None:
+        report = earlier
     peak = DATASHEET_BF16_TFLOPS.get(next((k for k in DATASHEET_BF16_TFLOPS if k in name), ""))
     if on_cuda and (args.ceilings is None or args.ceilings):
         report["ceilings"] = measure_ceilings(device)
@@ -624,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     rows = {r["name"]: Row(**r) for r in report["rows"]}
+    failed = []  # the rows asked for that raised (skipped ones are not failures)
     for row in rows_wanted:
         if args.deadline is not None and time.perf_counter() - started > args.deadline:
             print(f"{row}: skipped, past the {args.deadline:.0f} s deadline")
@@ -636,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:  # one broken row must not cost the others
             print(f"{row}: failed", flush=True)
             traceback.print_exc()
+            failed.append(row)
             continue
         finally:
             if on_cuda:
@@ -656,7 +696,37 @@ def main(argv: list[str] | None = None) -> int:
     if peak:
         source = "measured here" if "ceilings" in report else "datasheet"
         print(f"MFU: matrix-product FLOPs per second over {peak:.0f} TFLOP/s bf16 ({source})")
+    if failed:
+        print(f"failed: {', '.join(failed)} (the errors are above; the table holds the rows "
+              "that ran)", flush=True)
+        return 1
     return 0
+
+
+def read_report(path: str | Path) -> dict | None:
+    """The results a ``--json`` file already holds, or None where there is no such file yet.
+    Raises a ValueError naming the file where it cannot hold results (a folder, a missing
+    folder, text that is not an earlier run's JSON)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a folder; name a file in it, e.g. "
+                         f"--json {path / 'bench.json'}")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise ValueError(f"--json {path}: there is no folder {path.parent}; create it, or "
+                             "name a file in a folder that exists")
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # unreadable; not text or not JSON
+        what = "cannot be read" if isinstance(err, OSError) else "is not JSON"
+        problem = f"{what} ({type(err).__name__}: {err})"
+    else:
+        problem = None if _holds_rows(report) else "holds JSON, but not a bench run's rows"
+    if problem:
+        raise ValueError(f"--json {path} {problem}; the bench adds its rows to those of earlier "
+                         "runs there: move or delete the file, or name another")
+    return report
 
 
 def write_json(path: str | Path, report: dict) -> None:
@@ -710,6 +780,18 @@ def set_inductor_options(specs: list[str]) -> dict[str, object]:
         setattr(inductor_config, name, value)
         options[name] = value
     return options
+
+
+def _holds_rows(report: object) -> bool:
+    """Whether ``report`` is a bench report: a dict whose "rows" are Row fields."""
+    if not (isinstance(report, dict) and isinstance(report.get("rows"), list)):
+        return False
+    try:
+        for r in report["rows"]:
+            Row(**r)
+    except TypeError:  # not a mapping, or not Row's fields
+        return False
+    return True
 
 
 def _profile_rows(args: argparse.Namespace) -> set[str]:

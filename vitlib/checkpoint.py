@@ -37,6 +37,25 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed and make sure a checkpoint can be written into it, so that a
+    run learns of a bad folder before it trains, not at its first checkpoint."""
+    out = Path(out_dir).expanduser()
+    if not str(out_dir).strip():
+        raise ValueError("the output folder is empty text; name a folder (e.g. runs/mine)")
+    probe = out / f".write-test.{os.getpid()}.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / CHECKPOINT_NAME).is_dir():
+            raise IsADirectoryError(f"{out / CHECKPOINT_NAME} is a folder")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write checkpoints into {out} ({type(err).__name__}: {err}); "
+                         "choose another output folder") from None
+    return out
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint file for ``path``: the file itself, or ``checkpoint.pt`` inside a run
     folder."""

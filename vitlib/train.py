@@ -31,6 +31,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -40,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .augment import Augment, AugmentConfig, normalize
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, check_out_dir, load_checkpoint, save_checkpoint
 from .data import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, Split, train_val_split
 from .fast import (
     COMPILE_MODES,
@@ -55,9 +56,51 @@ from .muon import MuonAdamW
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("adamw", "muon")
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # the kinds of device a run may use
+# ViTConfig fields a resumed run may change: regularisation and the start, not the weights' shape
+FREE_ON_RESUME = ("dropout", "attn_dropout", "drop_path", "token_drop", "attn_init")
 SYNC_EVERY = 10  # steps between checks of the loss, the clock and Ctrl-C (one sync each)
 COMPILE_STEPS = 3  # with compile: the first steps of a run compile (and record CUDA graphs)
 WHITEN_IMAGES = 5000  # training images whose patches set the whitened patch embedding
+
+
+class _Range(NamedTuple):
+    """The values a float setting may take: finite, from low to high, ends included unless
+    marked open."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            text = "positive" if self.open_low else f"{self.low:g} or more"
+        else:
+            text = (f"in {'(' if self.open_low else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.open_high else ']'}")
+        return text + self.note
+
+
+_RANGES = {
+    "lr": _Range(0, open_low=True),
+    "weight_decay": _Range(0),
+    "muon_lr_ratio": _Range(0, open_low=True, note=" (1 = the same lr as AdamW's)"),
+    "warmup_epochs": _Range(0, note=" (0 = no warm-up)"),
+    "min_lr_ratio": _Range(0, 1, note=" (the share of lr the cosine ends at)"),
+    "label_smoothing": _Range(0, 1, open_high=True),
+    "grad_clip": _Range(0, note=" (0 = off)"),
+    "ema_decay": _Range(0, 1, open_high=True, note=" (0 = off; e.g. 0.999)"),
+    "layer_decay": _Range(0, 1, open_low=True, note=" (1 = the same lr everywhere)"),
+    "token_drop_until": _Range(0, 1, open_low=True,
+                               note=" (the share of the run with token dropping; 1 = all)"),
+}
 
 
 @dataclass
@@ -115,28 +158,19 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of repeat_aug "
                              f"{self.repeat_aug}, so that every batch holds whole groups of "
                              "copies; change one of them")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.muon_lr_ratio <= 0:
-            raise ValueError(f"muon_lr_ratio must be positive (1 = the same lr as AdamW's), got "
-                             f"{self.muon_lr_ratio}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be 0 (no warm-up) or more, got "
-                             f"{self.warmup_epochs}")
+        for name, allowed in _RANGES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got "
                              f"{self.compile_mode!r}")
-        if not 0 < self.token_drop_until <= 1:
-            raise ValueError(f"token_drop_until is the share of the run with token dropping, in "
-                             f"(0, 1] (1 = the whole run), got {self.token_drop_until}")
-        if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1] (1 = the same lr everywhere), got "
-                             f"{self.layer_decay}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        if self.time_budget_s is not None and not 0 < self.time_budget_s < math.inf:
             raise ValueError(
                 f"time_budget_s must be positive, got {self.time_budget_s}; "
                 "use None for no time limit"
             )
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
         if self.num_threads is not None and self.num_threads < 0:
             raise ValueError(f"num_threads must be None, 0 (choose by timing) or more, got "
                              f"{self.num_threads}")
@@ -402,6 +436,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch sees no Apple GPU (MPS); use "
+                         "'cpu'")
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"cannot train on device {name!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
     return device
 
 
@@ -509,6 +548,8 @@ class _Run:
             )
         self.precision = resolve_precision(config.precision, device)
         self.show = proc.is_main and not config.quiet
+        if config.out_dir is not None and proc.is_main:
+            check_out_dir(config.out_dir)
 
         train_split, self.val, self.test = split_data(data, config)
         if len(train_split) < config.batch_size:
@@ -573,6 +614,7 @@ class _Run:
         self._first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
         self._saved_on_interrupt = False
         self._steps_to_compile = COMPILE_STEPS if config.compile else 0  # timed apart
+        self._untimed_images = 0  # this epoch's images trained in those steps, by all processes
         use_chooser = config.num_threads == 0 and device.type == "cpu"
         self.threads = _ThreadChooser() if use_chooser and torch.get_num_threads() > 1 else None
 
@@ -641,7 +683,8 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
-                         "train_time_s": self.train_time, "world_size": self.proc.world_size},
+                         "train_time_s": self.train_time, "world_size": self.proc.world_size,
+                         "train_images": len(self.images)},
             "epoch_sums": {k: v.cpu() for k, v in self._sums_of_all_processes().items()},
             "rng": rngs,
             "history": self.history.to_dict(),
@@ -671,11 +714,12 @@ class _Run:
                 "in another out_dir"
             )
         saved = ViTConfig(**state["model_config"]) if state["model_config"] else None
-        if saved is not None and saved != self.model_config:
-            diff = ", ".join(
-                f"{k}: checkpoint {v!r} vs now {getattr(self.model_config, k)!r}"
-                for k, v in config_dict(saved).items() if getattr(self.model_config, k) != v
-            )
+        diff = ", ".join(
+            f"{k}: checkpoint {v!r} vs now {getattr(self.model_config, k)!r}"
+            for k, v in (config_dict(saved).items() if saved is not None else ())
+            if k not in FREE_ON_RESUME and getattr(self.model_config, k) != v
+        )
+        if diff:
             raise ValueError(
                 f"checkpoint {path} holds a different model shape ({diff}); resume with the "
                 "same preset and overrides, or start a new run in another --out folder"
@@ -694,6 +738,20 @@ class _Run:
                     f"{show(now)}; resume with {name}={show(was)}, or start a new run in another "
                     "out_dir"
                 )
+        progress = state["progress"]
+        images = progress.get("train_images", len(self.images))  # not recorded before
+        if images != len(self.images):
+            raise ValueError(
+                f"checkpoint {path} trained on {images} training images, this run has "
+                f"{len(self.images)}; resume with the same data and split (data source, "
+                "max_train_samples, val_size), or start a new run in another out_dir"
+            )
+        if progress["batch"] and saved_config.get("batch_size") != self.config.batch_size:
+            raise ValueError(
+                f"checkpoint {path} stopped {progress['batch']} steps into an epoch of batch_size "
+                f"{saved_config.get('batch_size')}, and this run asks for batch_size "
+                f"{self.config.batch_size}; resume with the same batch_size"
+            )
         device = self.proc.device
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
@@ -701,7 +759,6 @@ class _Run:
         self._load_optimizer(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
-        progress = state["progress"]
         self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
         self.train_time = progress["train_time_s"]
         fresh = self._zero_sums()
@@ -852,6 +909,7 @@ class _Run:
             self.threads.start_epoch()
         if self.batch == 0:
             self.sums = self._zero_sums()
+            self._untimed_images = 0
             self.generator.manual_seed((c.seed * 100_003 + self.epoch) * 1009 + 1 + proc.rank)
         local = c.batch_size // proc.world_size
         self.model.train()
@@ -874,6 +932,7 @@ class _Run:
                 self.history.compile_s += spent
                 started += spent
                 self._steps_to_compile -= 1
+                self._untimed_images += c.batch_size
             self.batch += 1
             bar.update()
             if self.step % SYNC_EVERY == 0 or self.batch == self.steps_per_epoch:
@@ -896,7 +955,7 @@ class _Run:
             "train_acc": sums["correct"].item() / seen,
             "val_loss": None,
             "val_acc": None,
-            "images_per_s": seen / max(float(sums["time"]), 1e-9),
+            "images_per_s": max(seen - self._untimed_images, 0) / max(float(sums["time"]), 1e-9),
             "train_time_s": self.train_time,
         }
         if self.threads is not None:
