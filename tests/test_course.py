@@ -253,3 +253,9 @@ def test_runs_dir_is_the_projects_from_any_folder_in_it(tmp_path, monkeypatch):
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # outside a checkout: runs/ where the notebook runs
     assert course.runs_dir() == elsewhere / "runs"
+
+
+def test_integer_images_of_any_width_are_read_as_0_to_255():
+    pixels = torch.full((3, 4, 4), 128, dtype=torch.int64)
+    assert np.allclose(viz.to_display_image(pixels), 128 / 255)
+    assert np.allclose(viz.to_display_image(pixels.to(torch.uint8)), 128 / 255)

@@ -35,9 +35,10 @@ def to_numpy(x) -> np.ndarray:
 
 
 def to_display_image(image) -> np.ndarray:
-    """One image, (C, H, W) or (H, W, C) or (H, W), uint8 or float, as (H, W, 3) floats in [0, 1].
+    """One image, (C, H, W) or (H, W, C) or (H, W), as (H, W, 3) floats in [0, 1].
 
-    Float images outside [0, 1] (normalised ones, say) are rescaled to their own min and max.
+    Integer images are read as 0–255. Float images outside [0, 1] (normalised ones, say) are
+    rescaled to their own min and max.
     """
     img = to_numpy(image)
     if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
@@ -51,8 +52,8 @@ def to_display_image(image) -> np.ndarray:
         )
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
+    if np.issubdtype(img.dtype, np.integer):
+        return np.clip(img.astype(np.float32) / 255.0, 0.0, 1.0)
     img = img.astype(np.float32)
     low, high = float(img.min()), float(img.max())
     if low < 0.0 or high > 1.0:
