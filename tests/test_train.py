@@ -287,13 +287,30 @@ def test_resume_with_another_layer_decay_is_refused(data, tmp_path):
         train(MODEL, config(tmp_path, epochs=2, layer_decay=0.5), data, resume=tmp_path)
 
 
+def test_resume_with_another_batch_size_is_refused_at_an_epochs_end_too(data, tmp_path):
+    train(MODEL, config(tmp_path, epochs=1), data)  # the schedule counts steps of batch 16
+    with pytest.raises(ValueError, match="trained with batch_size 16, this run asks for 32"):
+        train(MODEL, config(tmp_path, epochs=2, batch_size=32), data, resume=tmp_path)
+
+
+def test_the_last_step_trains_at_the_floor_of_the_cosine(data, monkeypatch):
+    rates = []
+    real = train_module.learning_rate
+    monkeypatch.setattr(train_module, "learning_rate",
+                        lambda *args: rates.append(real(*args)) or rates[-1])
+    c = config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, warmup_epochs=0, ema_decay=0)
+    train(MODEL, c, data)
+    assert len(rates) == 25 and rates[-1] == pytest.approx(0.1)
+    assert rates[0] < 1.0 and all(a > b for a, b in zip(rates, rates[1:]))
+
+
 def test_resume_mid_epoch_with_another_batch_size_is_refused(data, tmp_path, monkeypatch):
     press_ctrl_c_at(monkeypatch, {20})  # step 20 of 25 at batch 16: past the end at batch 32
     with pytest.raises(KeyboardInterrupt):
         train(MODEL, config(tmp_path), data)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="stopped 20 steps into an epoch of batch_size 16, and "
-                                         "this run asks for batch_size 32"):
+    with pytest.raises(ValueError, match="trained with batch_size 16, this run asks for 32; "
+                                         "resume with batch_size=16"):
         train(MODEL, config(tmp_path, batch_size=32), data, resume=tmp_path)
 
 
@@ -686,6 +703,18 @@ def test_changed_settings_names_what_differs_from_a_checkpoint(data, tmp_path):
     del state["train_config"]["optimizer"]  # a checkpoint from before there was a choice
     assert changed_settings(state, MODEL, config(tmp_path, epochs=1))["optimizer"] == (
         None, config(tmp_path).optimizer)
+
+
+def test_a_checkpoint_keeps_which_images_were_timed(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda net, **options: net)  # compiles nothing here
+    press_ctrl_c_at(monkeypatch, {5})  # stops at step 10's sync; steps 1-3 compile
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path, compile=True), data)
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path)  # so that a resume, which compiles again, still leaves
+    sums = state["epoch_sums"]  # out the steps compiled before it
+    assert state["progress"]["batch"] == 10
+    assert (int(sums["seen"]), int(sums["timed"])) == (10 * 16, 7 * 16)
 
 
 def test_images_per_s_leaves_out_the_compiling_steps(data, monkeypatch):

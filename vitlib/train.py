@@ -614,7 +614,6 @@ class _Run:
         self._first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
         self._saved_on_interrupt = False
         self._steps_to_compile = COMPILE_STEPS if config.compile else 0  # timed apart
-        self._untimed_images = 0  # this epoch's images trained in those steps, by all processes
         use_chooser = config.num_threads == 0 and device.type == "cpu"
         self.threads = _ThreadChooser() if use_chooser and torch.get_num_threads() > 1 else None
 
@@ -649,6 +648,7 @@ class _Run:
             "loss": torch.zeros((), device=device),
             "correct": torch.zeros((), device=device, dtype=torch.long),
             "seen": torch.zeros((), device=device, dtype=torch.long),
+            "timed": torch.zeros((), device=device, dtype=torch.long),  # seen in timed steps
             "time": torch.zeros((), device=device, dtype=widest_float(device)),
         }
 
@@ -657,7 +657,7 @@ class _Run:
         same in every process, as it is."""
         sums = {k: v.clone() for k, v in self.sums.items()}
         if self.proc.world_size > 1:
-            for key in ("loss", "correct", "seen"):
+            for key in ("loss", "correct", "seen", "timed"):
                 dist.all_reduce(sums[key])
         return sums
 
@@ -725,8 +725,9 @@ class _Run:
                 "same preset and overrides, or start a new run in another --out folder"
             )
         saved_config = state.get("train_config") or {}
-        # the settings the optimizer's state depends on, with their values before they were saved
-        kept = {"optimizer": "adamw", "layer_decay": 1.0}
+        # the settings the optimizer's state and the schedule's step count depend on, with their
+        # values before they were saved
+        kept = {"optimizer": "adamw", "layer_decay": 1.0, "batch_size": self.config.batch_size}
         if self.config.optimizer == "muon":
             kept["muon_lr_ratio"] = self.config.muon_lr_ratio
         for name, before in kept.items():
@@ -746,12 +747,6 @@ class _Run:
                 f"{len(self.images)}; resume with the same data and split (data source, "
                 "max_train_samples, val_size), or start a new run in another out_dir"
             )
-        if progress["batch"] and saved_config.get("batch_size") != self.config.batch_size:
-            raise ValueError(
-                f"checkpoint {path} stopped {progress['batch']} steps into an epoch of batch_size "
-                f"{saved_config.get('batch_size')}, and this run asks for batch_size "
-                f"{self.config.batch_size}; resume with the same batch_size"
-            )
         device = self.proc.device
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
@@ -762,7 +757,8 @@ class _Run:
         self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
         self.train_time = progress["train_time_s"]
         fresh = self._zero_sums()
-        sums = {k: v.to(device, fresh[k].dtype) for k, v in state["epoch_sums"].items()}
+        saved_sums = {"timed": state["epoch_sums"]["seen"], **state["epoch_sums"]}  # none: all
+        sums = {k: v.to(device, fresh[k].dtype) for k, v in saved_sums.items()}
         # the totals of all processes: counted once, by the main process, with any number of them
         self.sums = sums if self.proc.is_main else {**fresh, "time": sums["time"]}
         self.history = History.from_dict(state["history"])
@@ -802,9 +798,10 @@ class _Run:
             order = order[:-(-n // r)].repeat_interleave(r)[:n]
         return order.to(self.proc.device)
 
-    def _progress(self) -> float:
-        """The finished fraction of the run: by steps, or by time with a time budget."""
-        done = self.step / self.total_steps
+    def _progress(self, steps: int) -> float:
+        """The fraction of the run finished after ``steps`` steps: by steps, or by time with a
+        time budget."""
+        done = steps / self.total_steps
         if self.config.time_budget_s:
             done = max(done, self.train_time / self.config.time_budget_s)
         return done
@@ -815,7 +812,7 @@ class _Run:
         shapes, so its next steps compile again, timed apart like the first ones."""
         if self.model_config is None or not self.model_config.token_drop:
             return
-        on = self._progress() < self.config.token_drop_until
+        on = self._progress(self.step) < self.config.token_drop_until  # before this step
         rate = self.model_config.token_drop if on else 0.0
         if self.model.token_drop != rate:
             self.model.token_drop = rate
@@ -825,7 +822,8 @@ class _Run:
     def _train_step(self, images: Tensor, labels: Tensor) -> None:
         """One optimizer step, then the bookkeeping: EMA, the epoch's sums, the NaN watch."""
         c = self.config
-        lr = learning_rate(c, self.step, self.warmup_steps, self._progress())
+        # the progress at the step's end: the last step trains at the cosine's floor
+        lr = learning_rate(c, self.step, self.warmup_steps, self._progress(self.step + 1))
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before layer_decay: 1
         self.lr = lr
@@ -887,7 +885,7 @@ class _Run:
 
     def _diverged(self, bad_step: int) -> None:
         c = self.config
-        lr = learning_rate(c, bad_step, self.warmup_steps, self._progress())
+        lr = learning_rate(c, bad_step, self.warmup_steps, self._progress(bad_step + 1))
         saved = (f"the last good checkpoint {Path(c.out_dir) / CHECKPOINT_NAME} is untouched"
                  if c.out_dir and (Path(c.out_dir) / CHECKPOINT_NAME).exists()
                  else "no checkpoint was written")
@@ -909,7 +907,6 @@ class _Run:
             self.threads.start_epoch()
         if self.batch == 0:
             self.sums = self._zero_sums()
-            self._untimed_images = 0
             self.generator.manual_seed((c.seed * 100_003 + self.epoch) * 1009 + 1 + proc.rank)
         local = c.batch_size // proc.world_size
         self.model.train()
@@ -932,7 +929,8 @@ class _Run:
                 self.history.compile_s += spent
                 started += spent
                 self._steps_to_compile -= 1
-                self._untimed_images += c.batch_size
+            else:
+                self.sums["timed"] += len(index)
             self.batch += 1
             bar.update()
             if self.step % SYNC_EVERY == 0 or self.batch == self.steps_per_epoch:
@@ -955,7 +953,7 @@ class _Run:
             "train_acc": sums["correct"].item() / seen,
             "val_loss": None,
             "val_acc": None,
-            "images_per_s": max(seen - self._untimed_images, 0) / max(float(sums["time"]), 1e-9),
+            "images_per_s": int(sums["timed"]) / max(float(sums["time"]), 1e-9),
             "train_time_s": self.train_time,
         }
         if self.threads is not None:
