@@ -59,12 +59,14 @@ def _torchvision(**overrides) -> nn.Module:
     return _random(TorchvisionViT(**{**kwargs, **overrides}))
 
 
-def _hf(kind: str = "ViTForImageClassification", **overrides) -> nn.Module:
+def _hf(
+    kind: str = "ViTForImageClassification", config: str = "ViTConfig", **overrides
+) -> nn.Module:
     transformers = pytest.importorskip("transformers")
     kwargs = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2,
                   num_attention_heads=3, intermediate_size=96, num_labels=10)
-    config = transformers.ViTConfig(**{**kwargs, **overrides})
-    return _random(getattr(transformers, kind)(config))
+    hf_config = getattr(transformers, config)(**{**kwargs, **overrides})
+    return _random(getattr(transformers, kind)(hf_config))
 
 
 # --- timm -----------------------------------------------------------------------------------
@@ -101,6 +103,20 @@ def test_timm_state_dict_needs_config():
     ours = from_timm(ref.state_dict(), CONFIG)
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_timm_state_dict_square_table_is_read_with_the_config():
+    """25 rows and a class token: a 5×5 grid whose class token has no position
+    (no_embed_class), or a 4×6 grid and the class token's slot. Only a config for a 5×5 grid
+    tells the first."""
+    non_square = _timm(img_size=(32, 48)).state_dict()
+    for config in (None, CONFIG):
+        with pytest.raises(ValueError, match=r"ambiguous: either a 5×5 .* or 24 patches"):
+            from_timm(non_square, config)
+    ref = _timm(img_size=40, no_embed_class=True)
+    ours = from_timm(ref.state_dict(), replace(CONFIG, image_size=40))
+    with torch.no_grad():
+        assert _max_diff(ours(_images(40)), ref(_images(40))) <= TOL
 
 
 @pytest.mark.parametrize(
@@ -151,6 +167,18 @@ def test_torchvision_pre_logits_is_refused_unless_head_dropped():
     assert backbone(_images()).shape == (2, 48)
 
 
+def test_torchvision_conv_stem_is_named():
+    from torchvision.models.vision_transformer import ConvStemConfig
+
+    ref = _torchvision(conv_stem_configs=[ConvStemConfig(out_channels=16, kernel_size=3,
+                                                         stride=2)] * 3)
+    for convert in (from_torchvision, load_pretrained):
+        with pytest.raises(ValueError, match="a convolutional stem"):
+            convert(ref)
+    with pytest.raises(ValueError, match="a convolutional stem"):
+        from_torchvision(ref.state_dict(), replace(CONFIG, mlp_ratio=2.0))
+
+
 def test_torchvision_older_mlp_key_names():
     """torchvision's published weight files name the MLP layers mlp.linear_1 and mlp.linear_2."""
     ref = _torchvision()
@@ -173,8 +201,18 @@ def test_hf_vit_model_tokens_equal_last_hidden_state():
         assert _max_diff(ours.forward_features(x), ref(x).last_hidden_state) <= TOL
 
 
-def test_hf_classifier_same_logits():
-    ref = _hf()
+@pytest.mark.parametrize(
+    "kind, config, overrides",
+    [
+        ("ViTForImageClassification", "ViTConfig", {}),
+        ("ViTForImageClassification", "ViTConfig", dict(hidden_act="gelu_python")),  # erf GELU
+        ("ViTMSNForImageClassification", "ViTMSNConfig", {}),
+        ("IJepaForImageClassification", "IJepaConfig", {}),  # no class token, keys "ijepa."
+    ],
+    ids=["vit", "vit-gelu-python", "vit-msn", "ijepa"],
+)
+def test_hf_classifier_same_logits(kind, config, overrides):
+    ref = _hf(kind, config, **overrides)
     ours = from_hf(ref)
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
@@ -207,6 +245,38 @@ def test_hf_older_key_names():
 def test_hf_other_activation_is_refused():
     with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
         from_hf(_hf(hidden_act="gelu_new"))
+
+
+@pytest.mark.parametrize(
+    "kind, config, overrides, named",
+    [
+        ("SwinModel", "SwinConfig", dict(patch_size=4, depths=[1, 1], window_size=2,
+                                         num_attention_heads=[3, 3]), "model_type='swin'"),
+        ("CLIPVisionModel", "CLIPVisionConfig", {}, "model_type='clip_vision_model'"),
+        ("DeiTModel", "DeiTConfig", {}, "a distillation token"),
+        ("DeiTForImageClassificationWithTeacher", "DeiTConfig", {}, "a distillation token"),
+        ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2), "layer scale"),
+        ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", dict(mlp_ratio=2),
+         "register tokens"),
+        ("BeitForImageClassification", "BeitConfig", dict(use_relative_position_bias=True),
+         "relative position bias"),
+        ("DPTModel", "DPTConfig", dict(is_hybrid=True), "a convolutional backbone"),
+    ],
+)
+def test_hf_other_models_are_refused_naming_what_they_have(kind, config, overrides, named):
+    model = _hf(kind, config, **overrides)
+    with pytest.raises(ValueError, match=named):
+        load_pretrained(model)
+    if "model_type" not in named:  # a feature the weights show
+        with pytest.raises(ValueError, match=named):
+            from_hf(model.state_dict(), replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
+
+
+def test_hf_missing_key_bias_is_named():
+    beit = _hf("BeitModel", "BeitConfig", layer_scale_init_value=0.0, use_mean_pooling=False,
+               use_absolute_position_embeddings=True)
+    with pytest.raises(ValueError, match=r"no matching blocks\.0\.attn\.k\.bias.*BEiT"):
+        from_hf(beit.state_dict(), replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
 
 
 # --- Google .npz ----------------------------------------------------------------------------
@@ -292,6 +362,38 @@ def test_google_npz_pre_logits_and_map_head(tmp_path):
         assert _max_diff(backbone.forward_features(x), ref.forward_features(x)) <= TOL
     with pytest.raises(ValueError, match="MAPHead"):
         load_google_npz({**arrays, "MAPHead_0/probe": np.zeros((1, 1, 48), np.float32)})
+
+
+def test_google_npz_attention_kernels_are_checked():
+    arrays = _google_arrays(_timm(), "vision_transformer")
+    flat = {k: v.reshape(48, 48) if k.endswith(("query/kernel", "key/kernel", "value/kernel"))
+            else v for k, v in arrays.items()}
+    with pytest.raises(ValueError, match=r"encoderblock_0/.*/query/kernel has shape \(48, 48\)"):
+        load_google_npz(flat)
+    for name, shape in [("out", (6, 8, 48)), ("query", (48, 6, 8))]:
+        key = f"Transformer/encoderblock_1/MultiHeadDotProductAttention_1/{name}/kernel"
+        with pytest.raises(ValueError, match=f"{key} has 6 heads of 8 .* has 3 of 16"):
+            load_google_npz({**arrays, key: arrays[key].reshape(shape)})
+
+
+# --- config given with a model --------------------------------------------------------------
+
+def test_config_must_agree_with_the_model():
+    """A model fixes num_heads and norm_eps: a config saying otherwise is refused, not obeyed."""
+    with pytest.raises(ValueError, match="config.num_heads=6 contradicts the timm model, which "
+                                         "has num_heads=3; pass a config with num_heads=3"):
+        from_timm(_timm(), replace(CONFIG, num_heads=6))
+    with pytest.raises(ValueError, match="config.num_heads=6 contradicts the torchvision"):
+        load_pretrained(_torchvision(), replace(CONFIG, mlp_ratio=2.0, num_heads=6))
+    hf = _hf()
+    with pytest.raises(ValueError, match="config.norm_eps=1e-06 .* norm_eps=1e-12"):
+        from_hf(hf, replace(CONFIG, mlp_ratio=2.0))  # ViTConfig's default, not the model's
+    ours = from_hf(hf, replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12, dropout=0.1))
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), hf(_images()).logits) <= TOL
+    with pytest.raises(ValueError, match="config.num_heads=6 contradicts the google"):
+        load_google_npz(_google_arrays(_timm(), "vision_transformer"),
+                        replace(CONFIG, num_heads=6))
 
 
 # --- image size -----------------------------------------------------------------------------
@@ -397,3 +499,27 @@ def test_detect_format_and_load_pretrained(tmp_path):
         load_pretrained(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="cannot tell which library"):
         load_pretrained({"foo.weight": torch.zeros(1)})
+
+
+def test_load_pretrained_file_extensions(tmp_path):
+    ref = _timm()
+    with open(tmp_path / "VIT.NPZ", "wb") as file:  # np.savez would append ".npz"
+        np.savez(file, **_google_arrays(ref, "vision_transformer"))
+    ours = load_pretrained(tmp_path / "VIT.NPZ")
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+    np.save(tmp_path / "vit.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"extension \.npy is not one of .*\.pth"):
+        load_pretrained(tmp_path / "vit.npy")
+
+
+def test_ddp_module_prefix_is_removed(tmp_path):
+    timm_model, hf = _timm(), _hf()
+    ddp = {f"module.{key}": value for key, value in timm_model.state_dict().items()}
+    torch.save(ddp, tmp_path / "ddp.pth")
+    hf_ddp = {f"module.{key}": value for key, value in hf.state_dict().items()}
+    from_hf_ddp = from_hf(hf_ddp, replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
+    with torch.no_grad():
+        for ours in (from_timm(ddp, CONFIG), load_pretrained(tmp_path / "ddp.pth", CONFIG)):
+            assert _max_diff(ours(_images()), timm_model(_images())) <= TOL
+        assert _max_diff(from_hf_ddp(_images()), hf(_images()).logits) <= TOL

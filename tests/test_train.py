@@ -301,7 +301,7 @@ def test_the_last_step_trains_at_the_floor_of_the_cosine(data, monkeypatch):
     c = config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, warmup_epochs=0, ema_decay=0)
     train(MODEL, c, data)
     assert len(rates) == 25 and rates[-1] == pytest.approx(0.1)
-    assert rates[0] < 1.0 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] < 1.0 and all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
 def test_resume_mid_epoch_with_another_batch_size_is_refused(data, tmp_path, monkeypatch):

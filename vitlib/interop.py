@@ -7,7 +7,8 @@ all tokens, then the class token or the mean of the tokens, then a linear head):
   fc_norm=False`` models (our ``pool='mean'``)                              -> ``from_timm``
 - torchvision ``vit_b_16``-family ``VisionTransformer``                     -> ``from_torchvision``
 - Hugging Face ``ViTModel`` and ``ViTForImageClassification``, with the key names of
-  transformers 5 or the older ones most Hub checkpoints carry              -> ``from_hf``
+  transformers 5 or the older ones most Hub checkpoints carry, and the models laid out like
+  them (``HF_MODEL_TYPES``: ViT MSN, ViT MAE's encoder, DPT's, I-JEPA)     -> ``from_hf``
 - Google's ``.npz`` checkpoints of google-research/vision_transformer and big_vision
                                                                             -> ``load_google_npz``
 
@@ -61,7 +62,8 @@ TORCHVISION_BLOCK_KEYS = {
     "mlp.linear_2.": "mlp.fc2.",
 }
 
-HF_KEYS = {  # after the "vit." prefix of ViTForImageClassification is removed
+HF_PREFIX = r"^(?:vit|ijepa)\."  # the base model's, in ViTForImageClassification and the like
+HF_KEYS = {  # after HF_PREFIX is removed
     "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
     "embeddings.cls_token": "cls_token",
     "embeddings.position_embeddings": "pos_embed",
@@ -87,6 +89,8 @@ HF_BLOCK_KEYS = {
     "output.dense.": "mlp.fc2.",
 }
 HF_SKIPPED = ("pooler.", "embeddings.mask_token")  # see from_hf
+HF_MODEL_TYPES = ("vit", "vit_msn", "vit_mae", "dpt", "ijepa")  # config.model_type that convert
+HF_ACTIVATIONS = ("gelu", "gelu_python")  # transformers' names of the exact (erf) GELU
 
 GOOGLE_KEYS = {  # leaves "kernel" and "scale" become "weight"
     "embedding/": "patch_embed.proj.",
@@ -115,20 +119,27 @@ GOOGLE_BLOCK_KEYS = {  # vision_transformer numbers the modules 0, 1, 2, 3; big_
     "MlpBlock_0/Dense_1/": "mlp.fc2.",
 }
 
-UNSUPPORTED = {  # a key fragment -> the feature it reveals, which vitlib's ViT does not have
+UNSUPPORTED = {  # a fragment of a key in vitlib's names (after the format's renaming) -> the
+    # feature it reveals, which vitlib's ViT does not have
     "fc_norm.": "a LayerNorm after pooling (timm fc_norm)",
     ".ls1.": "layer scale (timm init_values)",
     "reg_token": "register tokens (timm reg_tokens)",
     "dist_token": "a distillation token (timm DeiT distilled models)",
+    "distillation_token": "a distillation token (Hugging Face DeiT)",
+    "layer_scale": "layer scale (Hugging Face DINOv2)",
+    "lambda_1": "layer scale (Hugging Face BEiT, Data2VecVision)",
+    "register_tokens": "register tokens (Hugging Face Dinov2WithRegisters)",
+    "relative_position_bias": "relative position bias (Hugging Face BEiT, Data2VecVision, Swin)",
     ".q_norm.": "query-key normalisation (timm qk_norm)",
     "norm_pre.": "a LayerNorm before the blocks (timm pre_norm)",
     "patch_embed.norm.": "a norm after the patch embedding (timm embed_norm_layer)",
     "attn_pool.": "attention pooling (timm global_pool='map')",
     ".attn.norm.": "a norm inside attention (timm scale_attn_norm)",
     ".mlp.norm.": "a norm inside the MLP (timm scale_mlp_norm)",
-    "conv_proj.conv_": "a convolutional stem (torchvision conv_stem_configs)",
+    "patch_embed.proj.conv_": "a convolutional stem (torchvision conv_stem_configs)",
     "MAPHead_0/": "attention pooling (big_vision MAPHead)",
     "conv_root/": "a ResNet stem (hybrid ViT)",
+    "embeddings.backbone.": "a convolutional backbone (Hugging Face DPT is_hybrid)",
     "pre_logits": "a pre-logits layer before the head (to keep only the backbone, pass a config "
     "with num_classes=0)",
 }
@@ -136,8 +147,13 @@ UNSUPPORTED = {  # a key fragment -> the feature it reveals, which vitlib's ViT 
 # what each converter reads from a model, besides its state dict
 TIMM_ATTRIBUTES = ("blocks", "norm", "patch_embed.grid_size", "global_pool", "has_class_token")
 TORCHVISION_ATTRIBUTES = ("conv_proj", "class_token", "encoder.layers", "encoder.ln")
-HF_ATTRIBUTES = ("config.hidden_act", "config.hidden_size", "config.num_attention_heads",
-                 "config.layer_norm_eps", "config.image_size")
+HF_ATTRIBUTES = ("config.model_type", "config.hidden_act", "config.hidden_size",
+                 "config.num_attention_heads", "config.layer_norm_eps", "config.image_size")
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")  # besides .npz
+GOOGLE_ATTENTION = (
+    r"Transformer/encoderblock_\d+/MultiHeadDotProductAttention_\d/(query|key|value|out)/kernel"
+)
 
 FORMATS = {  # detect_format's answer -> (a key fragment only that format has, its converter)
     "google": ("encoderblock", "load_google_npz"),
@@ -166,24 +182,34 @@ def from_timm(
 ) -> ViT:
     """A timm ``VisionTransformer`` (or its state dict) as a vitlib ``ViT`` in eval mode.
 
-    From a model, the config is read from it; a bare state dict needs ``config`` (the number
-    of heads is not in the weights, and cannot be checked: give the right one). Models with a
-    class token that has no position (``no_embed_class``) get a zero slot in the table; in a
-    bare state dict, a table whose length is a square is taken to be such a table.
-    ``image_size`` resizes the position embedding (bicubic); without it the checkpoint's grid
-    is kept, whatever ``config.image_size`` says.
+    From a model, the config is read from it; a ``config`` given with it must have the model's
+    ``num_heads`` and ``norm_eps`` (LayerNorm epsilon), and sets what the weights do not fix
+    (dropout, say, or ``num_classes=0`` to drop the head). A bare state dict needs ``config``
+    and cannot show the number of heads, the activation or how a class-token model pools: one
+    with ``global_pool='avg'`` converts as ``pool='cls'``, one with QuickGELU as GELU, without
+    an error. Pass the model when you have it. Models with a class token that has no position
+    (``no_embed_class``) get a zero slot in the table; in a bare state dict, a table of grid²
+    rows is taken to be such a table when ``config`` has that grid, and is refused as
+    ambiguous otherwise (a non-square grid plus the class token's slot can have as many rows).
+    A ``module.`` prefix on every key (a DistributedDataParallel model's) is removed.
+
+    ``image_size`` resizes the position embedding (bicubic without antialiasing, as Hugging
+    Face's ``interpolate_pos_encoding``; timm's ``resample_abs_pos_embed`` antialiases by
+    default, so its tables differ slightly, growing or shrinking); without it the checkpoint's
+    grid is kept, whatever ``config.image_size`` says.
     """
-    state_dict, num_heads, norm_eps, has_cls_slot = model_or_state_dict, None, 1e-6, None
+    state_dict, known, has_cls_slot = model_or_state_dict, {}, None
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
         _expect_vit(model, "timm", TIMM_ATTRIBUTES)
         _refuse("timm", _timm_module_features(model))
         _require_square("timm", "patch grid", model.patch_embed.grid_size)
-        num_heads, norm_eps = model.blocks[0].attn.num_heads, model.norm.eps
+        known = dict(num_heads=model.blocks[0].attn.num_heads, norm_eps=model.norm.eps)
         has_cls_slot = not getattr(model, "no_embed_class", False)
         state_dict = model.state_dict()
+    state_dict = _without_ddp_prefix(state_dict)
     _expect_format(state_dict, "timm")
-    return _build(dict(state_dict), "timm", config, image_size, num_heads, norm_eps, has_cls_slot)
+    return _build(state_dict, "timm", config, image_size, known, has_cls_slot)
 
 
 def from_torchvision(
@@ -194,17 +220,20 @@ def from_torchvision(
 ) -> ViT:
     """A torchvision ``VisionTransformer`` (``vit_b_16`` and family, or its state dict, with
     the MLP key names of current or older torchvision) as a vitlib ``ViT`` in eval mode.
-    Config, ``image_size``: as in ``from_timm``."""
-    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-6
+    Config, ``image_size``, ``module.`` prefix: as in ``from_timm``."""
+    state_dict, known = model_or_state_dict, {}
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
         _expect_vit(model, "torchvision", TORCHVISION_ATTRIBUTES)
         state_dict = model.state_dict()
-        num_heads = model.encoder.layers[0].self_attention.num_heads
-        norm_eps = model.encoder.ln.eps
+        known = dict(
+            num_heads=model.encoder.layers[0].self_attention.num_heads,
+            norm_eps=model.encoder.ln.eps,
+        )
+    state_dict = _without_ddp_prefix(state_dict)
     _expect_format(state_dict, "torchvision")
     state_dict = _rename(state_dict, TORCHVISION_KEYS, TORCHVISION_BLOCK, TORCHVISION_BLOCK_KEYS)
-    return _build(state_dict, "torchvision", config, image_size, num_heads, norm_eps, True)
+    return _build(state_dict, "torchvision", config, image_size, known, True)
 
 
 def from_hf(
@@ -213,40 +242,53 @@ def from_hf(
     *,
     image_size: int | None = None,
 ) -> ViT:
-    """A Hugging Face ``ViTModel`` or ``ViTForImageClassification`` (or its state dict, keys
-    with or without ``vit.``) as a vitlib ``ViT`` in eval mode.
+    """A Hugging Face ``ViTModel`` or ``ViTForImageClassification``, or a model of another type
+    in ``HF_MODEL_TYPES`` (or its state dict, keys with or without the base model's prefix
+    such as ``vit.``) as a vitlib ``ViT`` in eval mode. Models of other types are refused.
 
     A ``ViTModel`` has no classifier and gives ``num_classes=0``: its ``last_hidden_state`` is
     our ``forward_features``. Its pooler (Dense + tanh on the class token) is skipped: vitlib's
     ViT has no such layer and ``ViTForImageClassification`` does not use one. Hugging Face's
-    ``layer_norm_eps`` (1e-12 by default) becomes ``norm_eps``; with a bare state dict, put it
-    in ``config`` yourself. Config, ``image_size``: as in ``from_timm``.
+    ``layer_norm_eps`` (1e-12 by default) becomes ``norm_eps``: a ``config`` given with a model
+    must have it; with a bare state dict, put it in ``config`` yourself. Config,
+    ``image_size``, ``module.`` prefix: as in ``from_timm``.
     """
-    state_dict, num_heads, norm_eps = model_or_state_dict, None, 1e-12
+    state_dict, known = model_or_state_dict, {}
     if isinstance(model_or_state_dict, nn.Module):
         _expect_vit(model_or_state_dict, "Hugging Face", HF_ATTRIBUTES)
         hf = model_or_state_dict.config
+        state_dict = model_or_state_dict.state_dict()
+        if hf.model_type not in HF_MODEL_TYPES:
+            features = _unsupported(state_dict)
+            raise ValueError(
+                f"cannot convert a Hugging Face {type(model_or_state_dict).__name__} "
+                f"(model_type={hf.model_type!r})"
+                + (f", which uses {'; '.join(features)}" if features else "")
+                + f". from_hf converts the model types {', '.join(HF_MODEL_TYPES)}"
+            )
         _require_square("Hugging Face", "image_size", hf.image_size)
-        if hf.hidden_act != "gelu":
+        if hf.hidden_act not in HF_ACTIVATIONS:
             raise ValueError(
                 f"this Hugging Face model uses hidden_act={hf.hidden_act!r}; vitlib's ViT uses "
-                "the exact GELU, so only models with hidden_act='gelu' can be converted"
+                f"the exact GELU, so only models with hidden_act in {HF_ACTIVATIONS} can be "
+                "converted"
             )
         if getattr(hf, "head_dim", None) not in (None, hf.hidden_size // hf.num_attention_heads):
             raise ValueError(
                 f"this Hugging Face model has head_dim={hf.head_dim}, not hidden_size / "
                 "num_attention_heads; vitlib's ViT cannot hold it"
             )
-        state_dict = model_or_state_dict.state_dict()
-        num_heads, norm_eps = hf.num_attention_heads, hf.layer_norm_eps
+        known = dict(num_heads=hf.num_attention_heads, norm_eps=hf.layer_norm_eps)
+    state_dict = _without_ddp_prefix(state_dict)
+    _refuse("hf", _unsupported(state_dict))  # before the format check, which hybrids fail
     _expect_format(state_dict, "hf")
     state_dict = {
         key: value
-        for key, value in ((k.removeprefix("vit."), v) for k, v in state_dict.items())
+        for key, value in ((re.sub(HF_PREFIX, "", k), v) for k, v in state_dict.items())
         if not key.startswith(HF_SKIPPED)
     }
-    state_dict = _fuse_qkv(_rename(state_dict, HF_KEYS, HF_BLOCK, HF_BLOCK_KEYS))
-    return _build(state_dict, "hf", config, image_size, num_heads, norm_eps, True)
+    state_dict = _rename(state_dict, HF_KEYS, HF_BLOCK, HF_BLOCK_KEYS)
+    return _build(state_dict, "hf", config, image_size, known, True)
 
 
 def load_google_npz(
@@ -259,8 +301,10 @@ def load_google_npz(
     path or the loaded arrays) as a vitlib ``ViT`` in eval mode.
 
     The config is read from the array shapes: patch size from the patch kernel, grid from the
-    position table, heads from the query kernel (D, heads, head_dim), and so on; LayerNorm
-    epsilon is Flax's 1e-6. A model without a class token is read as pool='mean' (their 'gap').
+    position table, heads from the attention kernels (query, key, value: (D, heads, head_dim);
+    out: (heads, head_dim, D), the same heads and head_dim in every block), and so on; a
+    ``config`` given must have those heads. LayerNorm epsilon is Flax's 1e-6 unless ``config``
+    says otherwise. A model without a class token is read as pool='mean' (their 'gap').
     Google's JAX code uses the tanh approximation of GELU; like timm and Hugging Face, vitlib
     runs the exact GELU, so outputs differ very slightly from the JAX model's.
     Config, ``image_size``: as in ``from_timm``.
@@ -277,15 +321,13 @@ def load_google_npz(
         for i, layer in enumerate(arrays.pop(key)):  # big_vision's scanned blocks: (depth, ...)
             arrays[key.replace("encoderblock/", f"encoderblock_{i}/")] = layer
     _expect_format(arrays, "google")
-    query = re.compile(r"Transformer/encoderblock_0/MultiHeadDotProductAttention_\d/query/kernel")
-    num_heads = next((a.shape[1] for k, a in arrays.items() if query.fullmatch(k)), None)
+    num_heads = _google_num_heads(arrays)
     has_cls_slot = "pos_embedding" not in arrays  # big_vision gives the class token no position
     state_dict = {key: _google_tensor(key, value) for key, value in arrays.items()}
     state_dict = _rename(state_dict, GOOGLE_KEYS, GOOGLE_BLOCK, GOOGLE_BLOCK_KEYS)
     state_dict = {re.sub(r"\.(kernel|scale)$", ".weight", k): v for k, v in state_dict.items()}
-    return _build(
-        _fuse_qkv(state_dict), "google", config, image_size, num_heads, 1e-6, has_cls_slot
-    )
+    known = {} if num_heads is None else dict(num_heads=num_heads)
+    return _build(state_dict, "google", config, image_size, known, has_cls_slot)
 
 
 def load_pretrained(
@@ -297,12 +339,22 @@ def load_pretrained(
     """Any supported model, state dict or checkpoint file as a vitlib ``ViT``: picks the
     converter by the model's library or the checkpoint's key names (see ``detect_format``).
 
-    Files: ``.npz`` (Google), ``.safetensors``, or anything ``torch.load`` reads with
-    ``weights_only=True`` (a state dict, possibly under "state_dict" or "model").
+    Files, by extension (any case): ``.npz`` (Google), ``.safetensors``, or ``.pt``, ``.pth``,
+    ``.bin``, ``.ckpt``, ``.tar`` read by ``torch.load`` with ``weights_only=True`` (a state
+    dict, possibly under "state_dict" or "model"). A bare state dict cannot show the number of
+    heads, the activation or how a class-token model pools: pass the model when you have it
+    (see ``from_timm``). Config, ``image_size``: as in ``from_timm``.
     """
     if isinstance(obj, (str, os.PathLike)):
-        if os.fspath(obj).endswith(".npz"):
+        suffix = os.path.splitext(obj)[1].lower()
+        if suffix == ".npz":
             return load_google_npz(obj, config, image_size=image_size)
+        if suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(
+                f"cannot read {os.fspath(obj)!r}: its extension {suffix or '(none)'} is not one "
+                f"of {', '.join(CHECKPOINT_SUFFIXES)} (.npz: Google's arrays; .safetensors; the "
+                "others: a PyTorch state dict). Rename the file if it is one of these"
+            )
         obj = _read_checkpoint(obj)
     if isinstance(obj, nn.Module):
         library = type(obj).__module__.split(".")[0]
@@ -384,10 +436,12 @@ def _fuse_qkv(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     for key in state_dict:
         if (match := separate.fullmatch(key)) and key.startswith(f"{match[1]}q."):
             parts = [state_dict.get(f"{match[1]}{n}.{match[2]}") for n in "qkv"]
-            if any(part is None for part in parts):
+            if missing := [f"{match[1]}{n}.{match[2]}" for n, part in zip("qkv", parts, strict=True)
+                           if part is None]:
                 raise ValueError(
-                    f"{key} has no matching key and value {match[2]} in {match[1]}k/v; "
-                    "the checkpoint is incomplete"
+                    f"{key} has no matching {' or '.join(missing)}: vitlib's ViT needs a "
+                    f"{match[2]} for each of query, key and value (BEiT-style models have no "
+                    "key bias), or none; the checkpoint is incomplete or of another model"
                 )
             out[f"{match[1]}qkv.{match[2]}"] = torch.cat(parts)  # (3·D, ...)
     return out
@@ -407,27 +461,55 @@ def _google_tensor(name: str, array: np.ndarray) -> Tensor:
     return t  # scale (D,), cls (1, 1, D), pos_embedding (1, T, D)
 
 
+def _google_num_heads(arrays: Mapping[str, np.ndarray]) -> int | None:
+    """The number of heads that the attention kernels of all blocks agree on (None: no
+    kernels)."""
+    pattern = re.compile(GOOGLE_ATTENTION)
+    splits = {}  # kernel name -> (heads, head_dim)
+    for key, array in arrays.items():
+        if match := pattern.fullmatch(key):
+            if np.ndim(array) != 3:
+                raise ValueError(
+                    f"{key} has shape {np.shape(array)}; attention kernels must be 3-D: "
+                    "(D, heads, head_dim) for query, key and value, (heads, head_dim, D) for out"
+                )
+            splits[key] = np.shape(array)[:2] if match[1] == "out" else np.shape(array)[1:]
+    if not splits:
+        return None
+    (first, split), *others = splits.items()
+    for key, other in others:
+        if other != split:
+            raise ValueError(
+                f"{key} has {other[0]} heads of {other[1]} (shape {np.shape(arrays[key])}) but "
+                f"{first} has {split[0]} of {split[1]}; all attention kernels of a checkpoint "
+                "must have the same heads and head_dim, so the file is malformed"
+            )
+    return split[0]
+
+
 def _build(
     state_dict: dict[str, Tensor],
     source: str,
     config: ViTConfig | None,
     image_size: int | None,
-    num_heads: int | None,
-    norm_eps: float,
+    known: dict,
     has_cls_slot: bool | None,
 ) -> ViT:
-    """A ViT from a state dict already in vitlib's names. ``has_cls_slot``: whether the
-    source's position table has the class token's slot (None: not known, see
-    ``_class_token_slot``)."""
+    """A ViT from a state dict in vitlib's names (query, key and value fused or separate).
+    ``known``: the config fields the source fixes beyond the weights' shapes, which ``config``
+    must agree with. ``has_cls_slot``: whether the source's position table has the class
+    token's slot (None: not known, see ``_timm_cls_slot``)."""
     if config is not None and config.num_classes == 0:  # backbone only
         head = re.compile(r"head\.|.*pre_logits")
         state_dict = {k: v for k, v in state_dict.items() if not head.match(k)}
-    used = [f for fragment, f in UNSUPPORTED.items() if any(fragment in k for k in state_dict)]
-    _refuse(source, used)
+    _refuse(source, _unsupported(state_dict))
+    state_dict = _fuse_qkv(state_dict)
+    if has_cls_slot is None:
+        has_cls_slot = _timm_cls_slot(state_dict, config)
     state_dict = _class_token_slot(state_dict, has_cls_slot)
     found = _config_fields(state_dict)
     if config is None:
-        if num_heads is None:
+        if "num_heads" not in known:
             fields = ", ".join(f"{k}={v!r}" for k, v in found.items())
             divisors = [h for h in range(1, 33) if found["embed_dim"] % h == 0]
             raise ValueError(
@@ -435,8 +517,15 @@ def _build(
                 f"config=ViTConfig({fields}, num_heads=...) with num_heads from {divisors} as the "
                 "model was trained, or pass the model itself"
             )
-        config = ViTConfig(**found, num_heads=num_heads, norm_eps=norm_eps)
-    elif config.image_size != found["image_size"]:
+        config = ViTConfig(**found, **known)
+    if clashes := {k: v for k, v in known.items() if getattr(config, k) != v}:
+        given = ", ".join(f"config.{k}={getattr(config, k)!r}" for k in clashes)
+        fixed = ", ".join(f"{k}={v!r}" for k, v in clashes.items())
+        raise ValueError(
+            f"{given} contradicts the {source} model, which has {fixed}; pass a config with "
+            f"{fixed}, or no config to take the model's own"
+        )
+    if config.image_size != found["image_size"]:
         if image_size is None:
             warnings.warn(
                 f"config.image_size={config.image_size} but the checkpoint's position embedding "
@@ -452,18 +541,41 @@ def _build(
     return model.eval()
 
 
-def _class_token_slot(
-    state_dict: dict[str, Tensor], has_slot: bool | None = None
-) -> dict[str, Tensor]:
+def _unsupported(state_dict: Mapping[str, object]) -> list[str]:
+    """The UNSUPPORTED features whose key fragments occur in ``state_dict``."""
+    return [f for fragment, f in UNSUPPORTED.items() if any(fragment in k for k in state_dict)]
+
+
+def _timm_cls_slot(state_dict: dict[str, Tensor], config: ViTConfig | None) -> bool:
+    """Whether a bare timm state dict's position table has the class token's slot. A table of
+    grid² + 1 rows has it. One of n² rows is a no_embed_class model's n×n grid if ``config``'s
+    grid is n×n; otherwise it may as well be a non-square grid of n² - 1 patches with the slot,
+    and is refused."""
+    pos, cls = state_dict.get("pos_embed"), state_dict.get("cls_token")
+    if pos is None or cls is None:
+        return True
+    rows = pos.shape[1]
+    side = math.isqrt(rows)
+    if side * side != rows:
+        return True
+    if config is not None and config.grid_size == side:
+        return False
+    raise ValueError(
+        f"this timm state dict's position embedding of {rows} rows, with a class token, is "
+        f"ambiguous: either a {side}×{side} patch grid whose class token has no position "
+        f"(no_embed_class), or {rows - 1} patches of a non-square grid and the class token's "
+        f"slot, which vitlib cannot hold. Pass the timm model itself, or, for the first, a "
+        f"config with image_size = {side} × patch_size (image_size= then resizes it)"
+    )
+
+
+def _class_token_slot(state_dict: dict[str, Tensor], has_slot: bool) -> dict[str, Tensor]:
     """A table without the class token's slot (timm no_embed_class, big_vision) gets a zero
     slot there: the class token then has no position, as in the source. ``has_slot`` says
-    whether the table has it; None (a bare timm state dict) guesses that a table whose length
-    is a square lacks it."""
+    whether the table has it."""
     pos, cls = state_dict.get("pos_embed"), state_dict.get("cls_token")
     if pos is None or cls is None:
         return state_dict
-    if has_slot is None:
-        has_slot = math.isqrt(pos.shape[1]) ** 2 != pos.shape[1]
     if has_slot:
         return state_dict
     return {**state_dict, "pos_embed": torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], 1)}
@@ -581,7 +693,10 @@ def _fix_hint(config: ViTConfig, state_dict: StateDict) -> str:
     if "patch_embed.proj.weight" not in state_dict:  # not in vitlib's names
         return _format_hint(state_dict)
     try:
-        found = _config_fields(_class_token_slot(dict(state_dict)))
+        state_dict = dict(state_dict)
+        found = _config_fields(
+            _class_token_slot(state_dict, _timm_cls_slot(state_dict, config))
+        )
     except ValueError as error:
         return str(error)
     if config.pos_embed != "learned":
@@ -592,8 +707,16 @@ def _fix_hint(config: ViTConfig, state_dict: StateDict) -> str:
     return "Check that the checkpoint is a plain ViT (see vitlib.interop)."
 
 
+def _without_ddp_prefix(state_dict: StateDict) -> dict[str, Tensor]:
+    """``state_dict`` without the ``module.`` prefix that DistributedDataParallel gives every
+    key."""
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        return {key.removeprefix("module."): value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
 def _read_checkpoint(path: str | os.PathLike) -> StateDict:
-    if os.fspath(path).endswith(".safetensors"):
+    if os.fspath(path).lower().endswith(".safetensors"):
         try:
             from safetensors.torch import load_file
         except ImportError as error:
