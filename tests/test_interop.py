@@ -140,6 +140,15 @@ def test_timm_unsupported_features_are_named(kwargs, feature):
         assert "after pooling" not in str(error.value)
 
 
+def test_timm_hybrid_backbone_is_named():
+    timm = pytest.importorskip("timm")
+    hybrid = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=32,
+                               num_classes=10)
+    for convert in (from_timm, load_pretrained):
+        with pytest.raises(ValueError, match="convolutional backbone .*timm hybrid"):
+            convert(hybrid)
+
+
 def test_timm_distillation_token_is_named():
     timm = pytest.importorskip("timm")
     deit = _random(timm.models.deit.VisionTransformerDistilled(

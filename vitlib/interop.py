@@ -139,6 +139,8 @@ UNSUPPORTED = {  # a fragment of a key in vitlib's names (after the format's ren
     "patch_embed.proj.conv_": "a convolutional stem (torchvision conv_stem_configs)",
     "MAPHead_0/": "attention pooling (big_vision MAPHead)",
     "conv_root/": "a ResNet stem (hybrid ViT)",
+    "patch_embed.backbone.": "a convolutional backbone before the patch embedding (timm hybrid "
+    "ViT)",
     "embeddings.backbone.": "a convolutional backbone (Hugging Face DPT is_hybrid)",
     "pre_logits": "a pre-logits layer before the head (to keep only the backbone, pass a config "
     "with num_classes=0)",
