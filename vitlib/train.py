@@ -1030,7 +1030,7 @@ class _Run:
                 path = Path(self.config.out_dir or ".") / CHECKPOINT_NAME
                 left = (f"the last checkpoint {path} "
                         f"({_where(load_checkpoint(path)['progress'])}) is kept; continue with "
-                        f"`python -m vitlib train --resume {path}`"
+                        f"`python -m vitlib train --resume {path}` (and the same --data)"
                         if self.config.out_dir and path.exists() else "no checkpoint was saved")
                 tqdm.write(f"training stopped at once in step {self.step}; {left}")
             raise
@@ -1039,7 +1039,7 @@ class _Run:
         path = str(Path(self.config.out_dir) / CHECKPOINT_NAME) if saved else self.save()
         if self.show:
             where = (f"checkpoint saved to {path}; continue with `python -m vitlib train "
-                     f"--resume {path}` or train(..., resume={path!r})"
+                     f"--resume {path}` (and the same --data) or train(..., resume={path!r})"
                      if path else "no checkpoint written (out_dir is None)")
             tqdm.write(f"training interrupted at step {self.step}; {where}")
         self._saved_on_interrupt = True
