@@ -66,6 +66,22 @@ def test_fast_and_explicit_paths_agree():
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
 
 
+def test_attention_dropout_acts_in_training_only_on_both_paths():
+    torch.manual_seed(3)
+    dropping = MultiHeadSelfAttention(32, 4, attn_dropout=0.5)
+    plain = MultiHeadSelfAttention(32, 4).eval()
+    plain.load_state_dict(dropping.state_dict())
+    x = torch.randn(2, 9, 32)
+    expected = plain(x)[0]
+    for need_weights in (False, True):
+        dropping.eval()
+        torch.testing.assert_close(dropping(x, need_weights=need_weights)[0], expected)
+        dropping.train()
+        first = dropping(x, need_weights=need_weights)[0]
+        assert not torch.allclose(first, expected)
+        assert not torch.allclose(first, dropping(x, need_weights=need_weights)[0])
+
+
 def test_equals_nn_multihead_attention_with_copied_weights():
     torch.manual_seed(4)
     ours = MultiHeadSelfAttention(32, 4).eval()
@@ -115,6 +131,22 @@ def test_mimetic_init_gives_the_pattern_of_trained_attention():
         assert abs(random_qk[h].trace()) / (dim // heads) < 0.1
     assert not torch.allclose(qk[0], qk[1])  # each head draws its own Z
     assert attn.qkv.bias.abs().max() == 0 and attn.proj.bias.abs().max() == 0
+
+
+def test_mimetic_init_products_are_the_best_approximations_of_their_targets():
+    dim, heads, k = 32, 4, 8
+    attn = MultiHeadSelfAttention(dim, heads)
+    torch.manual_seed(5)
+    mimetic_init_(attn, qk=(0.7, 0.6), vo=(0.4, 0.3))
+    qk, vo = _products(attn)
+    torch.manual_seed(5)  # the same draws: one Z per head, then one for V·O
+    z = [torch.randn(dim, dim, dtype=torch.float64) / dim**0.5 for _ in range(heads + 1)]
+    eye = torch.eye(dim, dtype=torch.float64)
+    for h, product in enumerate(qk):  # rank-k truncated SVD of a·Z + b·I, not symmetric
+        u, s, vh = torch.linalg.svd(0.7 * z[h] + 0.6 * eye)
+        expected = u[:, :k] @ torch.diag(s[:k]) @ vh[:k]
+        torch.testing.assert_close(product, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vo, 0.4 * z[heads] - 0.3 * eye, atol=1e-5, rtol=1e-5)
 
 
 def test_mimetic_init_makes_tokens_attend_to_themselves():
@@ -192,3 +224,16 @@ def test_a_compiled_model_follows_the_attention_kernel_switch(flex_calls):
         torch.testing.assert_close(compiled(x)[0], plain)
         assert len(flex_calls) == traced  # off again: the first graph, no FlexAttention
     torch.testing.assert_close(flexed, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_attention_dropout_in_training_is_not_skipped_by_the_flex_switch(flex_calls):
+    attn = MultiHeadSelfAttention(16, 2, attn_dropout=0.5).train()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad(), use_flex_attention():
+        first = attn(x)[0]
+        assert not torch.allclose(first, attn(x)[0])  # dropout is drawn anew
+        assert not flex_calls  # FlexAttention has no dropout: SDPA runs instead
+        attn.eval()
+        attn(x)
+        assert flex_calls

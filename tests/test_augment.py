@@ -16,6 +16,7 @@ from vitlib.augment import (
     Uniforms,
     _apply_ops,
     _channel_stats,
+    _rectangles,
     mixup_cutmix,
     normalize,
     random_crop,
@@ -151,6 +152,16 @@ def test_crop_shifts_a_single_pixel_by_its_offset():
     assert len(shifts) > 20  # offsets really vary per image
 
 
+def test_crop_offsets_reach_the_full_padding_both_ways():
+    images = torch.zeros(2, 1, 16, 16, dtype=torch.uint8)
+    images[:, :, 8, 8] = 255
+    # the smallest and largest draws: image 0 shifted by (-4, +4), image 1 by (+4, -4)
+    draws = Uniforms(torch.tensor([[0.0, 0.999], [0.999, 0.0]]))
+    out = random_crop(images, 4, draws, padding_mode="zeros")
+    assert out[0, 0, 12, 4] == 255 and out[1, 0, 4, 12] == 255
+    assert out.sum() == 2 * 255
+
+
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
 def test_crop_matches_padding_then_cropping(mode):
     images = uint8_batch(32, size=12)
@@ -272,6 +283,32 @@ def test_mixup_and_cutmix_targets(which):
     assert not torch.allclose(own, torch.ones(b))
 
 
+def test_rectangles_cover_exactly_their_rows_and_columns():
+    mask = _rectangles(torch.tensor([1, 5]), torch.tensor([2, 0]), torch.tensor([3, 3]),
+                       torch.tensor([4, 8]), 8, 8)
+    expected = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    expected[0, 0, 1:4, 2:6] = True  # top 1, left 2, height 3, width 4
+    expected[1, 0, 5:8, 0:8] = True  # clipped to the image
+    assert torch.equal(mask, expected)
+
+
+def test_cutmix_pastes_a_box_of_the_drawn_area():
+    b, size = 64, 64
+    beta_draws = torch.rand(b, 32, generator=generator(2))  # two Gamma(1) samples of 16 draws
+    # then: mixed (0 < prob), and the box centred in the image, where it is never clipped
+    draws = torch.cat([beta_draws, torch.zeros(b, 1), torch.full((b, 2), 0.5)], dim=1)
+    uniforms = Uniforms(draws)
+    images, labels = torch.zeros(b, 1, size, size), torch.arange(b) % 2
+    _, targets = mixup_cutmix(images, labels, 2, cutmix_alpha=1.0, generator=uniforms)
+    assert uniforms.used == draws.shape[1]
+    kept = sample_beta(1.0, b, Uniforms(beta_draws))  # the drawn share of the image itself
+    half = ((1 - kept).sqrt() * size / 2).round()  # the box: side sqrt(1 - kept) of the image
+    own = targets[torch.arange(b), labels]
+    torch.testing.assert_close(own, 1 - (2 * half / size) ** 2)
+    assert (own - kept).abs().max() < 2.1 / size  # within the rounding of the side
+    assert (own < 0.9).any() and (own > 0.1).any()
+
+
 def test_mix_probability_zero_keeps_images_and_one_hot_labels():
     images, labels = constant_images(6), torch.tensor([0, 1, 2, 3, 4, 5])
     mixed, targets = mixup_cutmix(images, labels, 6, 1.0, 1.0, prob=0.0, generator=generator())
@@ -301,6 +338,29 @@ def test_erasing_changes_one_rectangle():
         area = mask.float().mean()
         assert 0.01 < area < 0.45
     assert torch.equal(random_erasing(images, prob=0.0, generator=generator()), images)
+
+
+def test_erasing_can_reach_every_corner():
+    images = torch.ones(4, 1, 32, 32)
+    # area and ratio draws of 0.5: a 13×13 rectangle; then its top and left, then "erase"
+    extremes = [(0.0, 0.0), (0.0, 0.999), (0.999, 0.0), (0.999, 0.999)]
+    draws = torch.tensor([[0.5, 0.5, top, left, 0.0] for top, left in extremes])
+    out = random_erasing(images, prob=1.0, generator=Uniforms(draws))
+    erased = out[:, 0] == 0
+    assert (erased.flatten(1).sum(1) == 13 * 13).all()
+    assert erased[0, 0, 0] and erased[1, 0, -1] and erased[2, -1, 0] and erased[3, -1, -1]
+
+
+def test_augment_erases_with_the_configured_probability():
+    config = AugmentConfig(crop_padding=0, flip=False, erase_prob=0.25)
+    images, labels = uint8_batch(64, size=16), torch.arange(64) % 10
+    augment = Augment(config)
+    draws = torch.rand(64, augment.num_draws(images[:1], labels[:1]), generator=generator(3))
+    out, _ = augment.apply(images, labels, draws)
+    expected = random_erasing(normalize(images), 0.25, Uniforms(draws))
+    assert torch.equal(out, expected)
+    erased = (out != normalize(images)).flatten(1).any(1)
+    assert 5 < erased.sum() < 30  # about a quarter of 64
 
 
 def test_normalize():

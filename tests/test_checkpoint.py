@@ -7,6 +7,7 @@ import torch
 
 from vitlib.checkpoint import (
     CHECKPOINT_NAME,
+    check_out_dir,
     load_checkpoint,
     load_model,
     resolve_checkpoint,
@@ -50,6 +51,42 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert torch.equal(load_checkpoint(path)["model"]["head.weight"],
                        model_state(0)["model"]["head.weight"])
+    assert os.listdir(tmp_path) == [CHECKPOINT_NAME]
+
+
+def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_size))  # what the file holds by then
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.getsize(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = save_checkpoint(model_state(0), tmp_path / CHECKPOINT_NAME)
+    size = path.stat().st_size
+    assert events == [("fsync", size), ("replace", size)]
+
+
+def test_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(model_state(0), path)
+    before = path.read_bytes()
+
+    def interrupted_save(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # Ctrl-C midway through writing
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(model_state(1), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [CHECKPOINT_NAME]
 
 
@@ -106,6 +143,24 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     with pytest.raises(ValueError, match="not a vitlib checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_checkpoints_of_another_layout_version_are_refused(tmp_path):
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"format": "vitlib-checkpoint", "version": 2, **model_state(0)}, path)
+    with pytest.raises(ValueError, match="layout version 2, this vitlib reads version 1"):
+        load_checkpoint(path)
+
+
+def test_check_out_dir_creates_the_folder_and_leaves_nothing_in_it(tmp_path):
+    out = check_out_dir(tmp_path / "runs" / "mine")
+    assert out == tmp_path / "runs" / "mine" and out.is_dir()
+    assert os.listdir(out) == []  # the write test cleans up after itself
+    (out / CHECKPOINT_NAME).mkdir()
+    with pytest.raises(ValueError, match="cannot write checkpoints into"):
+        check_out_dir(out)
+    with pytest.raises(ValueError, match="empty text"):
+        check_out_dir(" ")
 
 
 def test_pickled_code_is_not_executed(tmp_path):

@@ -101,6 +101,26 @@ def test_ema_is_a_weighted_average():
         torch.testing.assert_close(e, x)
 
 
+def test_ema_copies_the_buffers():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    ema = copy.deepcopy(model)
+    model(torch.randn(16, 3) * 5 + 2)  # moves the running statistics
+    update_ema(ema, model, decay=0.9)
+    assert not torch.equal(model[1].running_mean, torch.zeros(4))
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        assert torch.equal(e, b)
+
+
+def test_bf16_forward_casts_buffers_too():
+    model = vitlib.ViT(vitlib.ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=1,
+                                        num_heads=2, num_classes=10, pos_embed="sincos"))
+    assert model.pos_embed.dtype == torch.float32  # a fixed table: a buffer, not a parameter
+    assert "pos_embed" in dict(model.named_buffers())
+    logits = bf16_forward(model, torch.randn(2, 3, 16, 16))
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, 10)
+
+
 def test_bad_options_name_the_choices():
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

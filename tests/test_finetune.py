@@ -50,6 +50,12 @@ def test_replace_head_small_init_and_no_head():
         replace_head(model, 3, init_std=-0.1)
 
 
+def test_replace_head_draws_weights_at_the_given_scale():
+    model = replace_head(small_vit(embed_dim=64), 50, init_std=0.1)  # 3200 weights
+    std = model.head.weight.std().item()
+    assert 0.09 < std < 0.11 and abs(model.head.weight.mean().item()) < 0.01
+
+
 def test_replace_head_takes_the_models_dtype_and_device():
     # bfloat16 on the CPU stands in for a model in bfloat16 on a GPU, "meta" for its device
     model = replace_head(small_vit().to(torch.bfloat16), 4)
@@ -118,6 +124,23 @@ def test_adapt_input_new_patch_size(pos_embed):
     assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
     with pytest.raises(ValueError, match="not divisible"):
         adapt_input(model, 30, patch_size=4)
+
+
+def test_adapt_input_to_larger_patches_embeds_upsampled_patches_as_before():
+    model = small_vit()  # 16-pixel images, 4-pixel patches: a 4×4 grid
+    bias = torch.randn(16)  # a trained projection's bias (it starts at zero)
+    with torch.no_grad():
+        model.patch_embed.proj.bias.copy_(bias)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        tokens = model.patch_embed(images)
+    adapt_input(model, 32, patch_size=8)  # the same 4×4 grid of larger patches
+    assert torch.equal(model.patch_embed.proj.bias, bias)
+    patches = images.view(2, 3, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(32, 3, 4, 4)
+    upsampled = F.interpolate(patches, size=(8, 8), mode="bicubic", antialias=True)
+    larger = upsampled.view(2, 4, 4, 3, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.patch_embed(larger), tokens, atol=1e-4, rtol=1e-4)
 
 
 def test_resampled_kernel_sees_an_upsampled_patch_as_the_original():

@@ -15,7 +15,9 @@ from vitlib import (
     create_model,
     flops_per_image,
     get_config,
+    sincos_2d,
 )
+from vitlib.model import DropPath
 
 SMALL = dict(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5)
 
@@ -68,6 +70,40 @@ def test_mean_pooling_is_the_average_of_normalised_tokens():
     torch.testing.assert_close(model(x), expected)
 
 
+def test_class_token_pooling_reads_the_class_token_with_its_position():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL, pool="cls")).eval()
+    with torch.no_grad():  # away from their near-zero starts, so that every term shows
+        model.cls_token.normal_()
+        model.pos_embed.normal_()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = model.embed(x)  # (2, 1 + 16, 32)
+    cls = model.cls_token[0, 0] + model.pos_embed[0, 0]
+    torch.testing.assert_close(tokens[:, 0], cls.expand(2, -1))
+    torch.testing.assert_close(tokens[:, 1:], model.patch_embed(x) + model.pos_embed[:, 1:])
+    torch.testing.assert_close(model(x), model.head(model.forward_features(x)[:, 0]))
+
+
+def test_sincos_table_gives_the_class_token_no_position():
+    model = ViT(ViTConfig(**SMALL, pool="cls", pos_embed="sincos"))
+    assert model.pos_embed.shape == (1, 17, 32)
+    assert torch.equal(model.pos_embed[0, 0], torch.zeros(32))
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_2d(4, 4, 32))
+
+
+def test_features_end_with_the_final_norm():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL)).eval()
+    with torch.no_grad():
+        model.norm.weight.normal_()
+        model.norm.bias.normal_()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = model.embed(x)
+    for block in model.blocks:
+        tokens = block(tokens)
+    torch.testing.assert_close(model.forward_features(x), model.norm(tokens))
+
+
 def test_presets_build_and_match_the_issue_shape():
     tiny = create_model("vit_cifar_tiny")
     assert count_parameters(tiny) == pytest.approx(2.7e6, rel=0.01)
@@ -95,6 +131,25 @@ def test_drop_path_only_in_training():
     torch.testing.assert_close(model(x), model(x))
     model.train()
     assert not torch.allclose(model(x), model(x))
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_rest():
+    torch.manual_seed(0)
+    x = torch.rand(4000, 3, 2) + 1  # no zeros of its own
+    out = DropPath(0.2).train()(x)
+    dropped = (out == 0).all(dim=(1, 2))
+    assert torch.equal(dropped, (out == 0).any(dim=(1, 2)))  # all of a sample or nothing
+    torch.testing.assert_close(out[~dropped], x[~dropped] / 0.8)
+    # 800 expected of 4000, standard deviation 25: 0.03 is almost 5 of them
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert torch.equal(DropPath(0.2).eval()(x), x)
+
+
+def test_drop_path_rises_linearly_from_zero_at_the_first_block():
+    model = ViT(ViTConfig(**SMALL | dict(depth=4), drop_path=0.3))
+    assert isinstance(model.blocks[0].drop_path, nn.Identity)
+    rates = [block.drop_path.p for block in model.blocks[1:]]
+    assert rates == pytest.approx([0.1, 0.2, 0.3])
 
 
 def test_set_image_size_resizes_position_embedding():

@@ -28,6 +28,12 @@ def test_bad_images_are_explained():
     message = r"height 30 is not divisible by patch size 4.*\(1, 2, 3, 5, 6, 10, 15, 30\)"
     with pytest.raises(ValueError, match=message):
         embed(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="width 30 is not divisible by patch size 4"):
+        embed(torch.randn(1, 3, 32, 30))
+    with pytest.raises(ValueError, match=message):
+        patchify(torch.randn(1, 3, 30, 32), 4)
+    with pytest.raises(ValueError, match="width 30 is not divisible by patch size 4"):
+        patchify(torch.randn(1, 3, 32, 30), 4)
     with pytest.raises(ValueError, match=r"\(batch, 3, H, W\).*grayscale"):
         embed(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match="unsqueeze"):
@@ -63,3 +69,21 @@ def test_whitened_patch_embedding_decorrelates_the_patches():
     assert out_damped[:, 0].std().item() == pytest.approx(out[:, 0].std().item(), rel=0.1)
     with pytest.raises(ValueError, match="eps must be positive"):
         damped.whiten_(images, eps=0.0)
+
+
+def test_whitening_a_narrower_embedding_keeps_the_leading_directions():
+    torch.manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.randn(256, 1, 4, 4), size=16, mode="bilinear")
+    images = base.expand(-1, 3, -1, -1) + 0.1 * torch.randn(256, 3, 16, 16)
+    embed = PatchEmbed(patch_size=2, in_chans=3, embed_dim=8)  # fewer outputs than 12 numbers
+    patches = patchify(images.double(), 2).flatten(0, 1)  # (B·N, 12)
+    spread = (patches @ embed.proj.weight.detach().flatten(1).double().T).std()
+    embed.whiten_(images, eps=1e-6)
+    weights = embed.proj.weight.detach().flatten(1).double()  # (8, 12)
+    out = patches @ weights.T  # (B·N, 8)
+    torch.testing.assert_close(torch.cov(out.T), spread**2 * torch.eye(8, dtype=torch.double),
+                               atol=1e-3 * spread.item() ** 2, rtol=0)
+    # the 8 directions of largest variance: none of the 4 smallest
+    smallest = torch.linalg.eigh(torch.cov(patches.T)).eigenvectors[:, :4]  # ascending
+    assert (weights @ smallest).abs().max() < 1e-5 * weights.abs().max()
+    assert abs(torch.corrcoef(torch.stack([out[:, 0], patches.mean(1)]))[0, 1]) > 0.95

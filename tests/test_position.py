@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlib import resize_pos_embed, sincos_1d, sincos_2d
 
@@ -44,6 +45,19 @@ def test_resize_keeps_prefix_and_identity():
     # a constant table stays constant under bicubic interpolation
     const = torch.ones(1, 16, 8)
     torch.testing.assert_close(resize_pos_embed(const, (3, 3)), torch.ones(1, 9, 8))
+
+
+def test_resize_to_a_non_square_grid_keeps_rows_and_columns_apart():
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    table = torch.stack([rows, cols], dim=-1).reshape(1, 16, 2)  # channel 0: row, 1: column
+    out = resize_pos_embed(table, (8, 6)).reshape(8, 6, 2)  # 8 rows of 6, row-major
+    row, col = out[..., 0], out[..., 1]
+    torch.testing.assert_close(row, row[:, :1].expand(8, 6))  # the same along each row
+    torch.testing.assert_close(col, col[:1].expand(8, 6))  # the same down each column
+    assert (row[1:, 0] > row[:-1, 0]).all() and (col[0, 1:] > col[0, :-1]).all()
+    image = table.reshape(1, 4, 4, 2).permute(0, 3, 1, 2)  # (1, 2, 4, 4)
+    expected = F.interpolate(image, size=(8, 6), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, expected[0].permute(1, 2, 0))
 
 
 def test_resize_explains_non_square_grid():

@@ -304,6 +304,50 @@ def test_the_last_step_trains_at_the_floor_of_the_cosine(data, monkeypatch):
     assert rates[0] < 1.0 and all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
+def test_warm_up_counts_epochs_in_steps(data, monkeypatch):
+    rates = []
+    real = train_module.learning_rate
+    monkeypatch.setattr(train_module, "learning_rate",
+                        lambda *args: rates.append(real(*args)) or rates[-1])
+    c = config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, warmup_epochs=0.4, ema_decay=0)
+    train(MODEL, c, data)  # 25 steps: 10 of warm-up
+    cosine = [0.1 + 0.9 * (1 + math.cos(math.pi * (s + 1) / 25)) / 2 for s in range(25)]
+    assert rates == pytest.approx([min(1.0, (s + 1) / 10) * cosine[s] for s in range(25)])
+
+
+def test_ema_follows_the_model_closely_at_first(data, monkeypatch):
+    decays = []
+    real = train_module.update_ema
+    monkeypatch.setattr(train_module, "update_ema",
+                        lambda ema, model, decay: decays.append(decay) or real(ema, model, decay))
+    train(MODEL, config(None, epochs=1, ema_decay=0.5), data)  # 25 steps
+    assert decays == pytest.approx([min(0.5, (1 + s) / (10 + s)) for s in range(25)])
+    assert decays[0] == pytest.approx(0.1) and decays[-1] == 0.5
+
+
+def test_each_epoch_has_its_own_shuffle(data):
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(None), data, one)
+    first = run._permutation()
+    run.epoch += 1
+    second = run._permutation()
+    assert torch.equal(first.sort().values, torch.arange(400))  # every image once
+    assert torch.equal(second.sort().values, torch.arange(400))
+    assert not torch.equal(first, torch.arange(400)) and not torch.equal(first, second)
+
+
+def test_validation_evaluates_the_ema_weights(data):
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(None, ema_decay=0.9), data, one)
+    with torch.no_grad():
+        run.model.head.weight.add_(torch.randn_like(run.model.head.weight))  # now they differ
+    record = run._end_epoch(validate=True)
+    assert record["val_loss"] == pytest.approx(evaluate(run.ema, run.val)["loss"], rel=1e-6)
+    assert record["val_loss"] != pytest.approx(evaluate(run.model, run.val)["loss"])
+
+
 def test_resume_mid_epoch_with_another_batch_size_is_refused(data, tmp_path, monkeypatch):
     press_ctrl_c_at(monkeypatch, {20})  # step 20 of 25 at batch 16: past the end at batch 32
     with pytest.raises(KeyboardInterrupt):
@@ -597,9 +641,20 @@ def test_evaluate_matches_a_plain_loop_and_flip_averaging(data):
     assert plain["loss"] == pytest.approx(ce, rel=1e-5)
     tta = evaluate(model, split, batch_size=16, tta="flip")
     assert round(tta["acc"] * 40) == (flipped.argmax(-1) == split.labels).sum()
+    ce = torch.nn.functional.cross_entropy(flipped, split.labels).item()
+    assert tta["loss"] == pytest.approx(ce, rel=1e-5)
     assert not torch.equal(flipped.argmax(-1), logits.argmax(-1))  # flipping changed something
     with pytest.raises(ValueError, match="tta must be None or 'flip'"):
         evaluate(model, split, tta="rotate")
+
+
+def test_evaluate_leaves_the_model_in_the_mode_it_found(data):
+    model = ViT(MODEL)
+    split = Split(data.test.images[:8], data.test.labels[:8])
+    evaluate(model.train(), split)
+    assert model.training
+    evaluate(model.eval(), split)
+    assert not model.training
 
 
 @pytest.mark.slow
