@@ -21,26 +21,33 @@ def fails_with_hint(result) -> bool:
 
 def lr_right(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
     warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * (step + 1) / total_steps))
     return peak_lr * warmup * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
 def lr_warmup_from_zero(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
     warmup = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * (step + 1) / total_steps))
     return peak_lr * warmup * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
 def lr_cosine_to_zero(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
     warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    return peak_lr * warmup * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return peak_lr * warmup * 0.5 * (1 + math.cos(math.pi * (step + 1) / total_steps))
+
+
+def lr_last_step_above_the_floor(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return peak_lr * warmup * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
 
 def lr_as_tensor(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
     return torch.tensor(lr_right(step, total_steps, warmup_steps, peak_lr, min_lr_ratio))
 
 
-@pytest.mark.parametrize("wrong", [lr_warmup_from_zero, lr_cosine_to_zero, lr_as_tensor])
+@pytest.mark.parametrize("wrong", [lr_warmup_from_zero, lr_cosine_to_zero,
+                                   lr_last_step_above_the_floor, lr_as_tensor])
 def test_learning_rate(wrong):
     assert passes(ch08.check_learning_rate(lr_right, quiet=True))
     assert fails_with_hint(ch08.check_learning_rate(wrong, quiet=True))
@@ -49,7 +56,7 @@ def test_learning_rate(wrong):
 def test_learning_rate_without_warmup_must_not_divide_by_zero():
     def divides(step, total_steps, warmup_steps, peak_lr, min_lr_ratio):
         warmup = min(1.0, (step + 1) / warmup_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        cosine = 0.5 * (1 + math.cos(math.pi * (step + 1) / total_steps))
         return peak_lr * warmup * (min_lr_ratio + (1 - min_lr_ratio) * cosine)
 
     result = ch08.check_learning_rate(divides, quiet=True)

@@ -33,7 +33,7 @@ def check_learning_rate(
             steps = sorted({0, 1, warmup - 1, warmup, total // 2, total - 1,
                             *random.sample(range(total), 5)} - {-1})
             for step in steps:
-                want = learning_rate(config, step, warmup, step / total)
+                want = learning_rate(config, step, warmup, (step + 1) / total)
                 got = lr_at(step, total, warmup, peak, ratio)
                 if not isinstance(got, (int, float)) or isinstance(got, bool):
                     return (f"lr_at should return a Python number, got {type(got).__name__} "
@@ -48,8 +48,9 @@ def check_learning_rate(
         "learning_rate", test,
         "two factors multiplied: the warm-up min(1, (step + 1) / warmup_steps) (1 when "
         "warmup_steps is 0; the + 1 makes the very first step learn a little), and the cosine "
-        "min_lr_ratio + (1 - min_lr_ratio) · ½(1 + cos(π · step / total_steps)), which goes "
-        "from 1 at step 0 to min_lr_ratio at the end; the product is scaled by peak_lr",
+        "min_lr_ratio + (1 - min_lr_ratio) · ½(1 + cos(π · (step + 1) / total_steps)), which "
+        "goes from about 1 at step 0 to exactly min_lr_ratio at the last step, total_steps - 1 "
+        "(the fraction of the run done once the step is taken); the product is scaled by peak_lr",
         quiet,
     )
 
