@@ -223,11 +223,11 @@ def test_a_json_path_that_cannot_hold_results_is_refused_in_a_line_naming_it(
     assert "\n" not in err and "typical" not in captured.out  # before any row ran
 
 
-def _gpu_check(tmp_path: Path, bench_rc: int = 0,
-               bench_json: dict | None = None) -> tuple[list[str], str]:
-    """Run benchmarks/gpu_check.sh with a stand-in for Python that records its calls; the
-    first bench writes ``bench_json`` (if any) and exits with ``bench_rc``. Returns (the
-    calls, the script's output)."""
+def _gpu_check(tmp_path: Path, bench_rc: int = 0, bench_json: dict | None = None,
+               tta120_rc: int = 0, args: tuple[str, ...] = ()) -> tuple[list[str], str]:
+    """Run benchmarks/gpu_check.sh (with ``args``) with a stand-in for Python that records its
+    calls; the first bench writes ``bench_json`` (if any) and exits with ``bench_rc``, the
+    120 s recipe exits with ``tta120_rc``. Returns (the calls, the script's output)."""
     calls = tmp_path / "calls.txt"
     stub = tmp_path / "python"
     written = tmp_path / "bench_written.json"
@@ -238,11 +238,13 @@ echo "$*" >> {calls}
 case "$*" in
     -c*json*) exec {sys.executable} "$@" ;;
     *typical,fast,trainer*) {write} exit {bench_rc} ;;
+    *"--recipe cifar_fast --budget"*) exit {tta120_rc} ;;
 esac
 """)
     stub.chmod(0o755)
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": str(stub)}
-    done = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, text=True,
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", *args], cwd=ROOT, env=env,
+                          text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
     assert done.returncode == 0, done.stdout
     return calls.read_text().splitlines(), done.stdout
@@ -275,6 +277,15 @@ def test_gpu_check_trains_with_the_kernel_the_fast_row_ran_with(tmp_path, fast_r
     runs = [call for call in calls if "time_to_accuracy" in call]
     assert runs and not any("flex" in call for call in runs)
     assert all((flag in call) if flag else ("--attention" not in call) for call in runs)
+
+
+@pytest.mark.parametrize("args, plain", [((), "--compile-mode default"), (("--cpu-smoke",), "")])
+def test_gpu_check_reruns_a_failed_recipe_without_cuda_graphs_where_it_compiles(tmp_path, args,
+                                                                              plain):
+    calls, _ = _gpu_check(tmp_path, tta120_rc=1, args=args)
+    runs = [call for call in calls if "--recipe cifar_fast --budget" in call]
+    assert len(runs) == 2  # the recipe, then its rerun
+    assert ("--compile-mode default" in runs[1]) == bool(plain)
 
 
 def test_gpu_check_treats_a_step_killed_after_its_cap_as_timed_out(tmp_path):

@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {ROWS}")
     p.add_argument("--preset", default="vit_cifar_tiny", help="model shape (all rows)")
-    p.add_argument("--data", help="CIFAR-10 path or 'synthetic' (default: $VITLIB_DATA)")
+    p.add_argument("--data", help="CIFAR-10 path or 'synthetic' (default: $VITLIB_DATA, else "
+                   "data/, else a download into data/)")
     p.add_argument("--steps", type=positive, help=f"steps per timed window ({sizes('steps')})")
     p.add_argument("--repeats", type=positive,
                    help=f"timed windows per row ({sizes('repeats')})")

@@ -7,6 +7,7 @@ as dicts, random-generator states as tensors), so loading it never runs pickled 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir).expanduser()
     if not str(out_dir).strip():
         raise ValueError("the output folder is empty text; name a folder (e.g. runs/mine)")
-    probe = out / f".write-test.{os.getpid()}.tmp"
+    probe = out / f".write-test.{secrets.token_hex(8)}.tmp"  # unique across processes, hosts
     try:
         out.mkdir(parents=True, exist_ok=True)
         if (out / CHECKPOINT_NAME).is_dir():

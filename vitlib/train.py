@@ -169,8 +169,8 @@ class TrainConfig:
                 f"time_budget_s must be positive, got {self.time_budget_s}; "
                 "use None for no time limit"
             )
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2^63), got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # the per-epoch seeds derived from it fit in 64 bits
+            raise ValueError(f"seed must be in [0, 2^32), got {self.seed}")
         if self.num_threads is not None and self.num_threads < 0:
             raise ValueError(f"num_threads must be None, 0 (choose by timing) or more, got "
                              f"{self.num_threads}")
@@ -757,7 +757,8 @@ class _Run:
         self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
         self.train_time = progress["train_time_s"]
         fresh = self._zero_sums()
-        saved_sums = {"timed": state["epoch_sums"]["seen"], **state["epoch_sums"]}  # none: all
+        saved = state["epoch_sums"]
+        saved_sums = {"timed": saved["seen"].clone(), **saved}  # not saved before: all timed
         sums = {k: v.to(device, fresh[k].dtype) for k, v in saved_sums.items()}
         # the totals of all processes: counted once, by the main process, with any number of them
         self.sums = sums if self.proc.is_main else {**fresh, "time": sums["time"]}
