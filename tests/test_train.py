@@ -293,24 +293,24 @@ def test_resume_with_another_batch_size_is_refused_at_an_epochs_end_too(data, tm
         train(MODEL, config(tmp_path, epochs=2, batch_size=32), data, resume=tmp_path)
 
 
-def test_the_last_step_trains_at_the_floor_of_the_cosine(data, monkeypatch):
+def learning_rates(data, monkeypatch, **changes) -> list[float]:
+    """The learning rate of each step of a one-epoch run (25 steps) with peak 1 and floor 0.1."""
     rates = []
     real = train_module.learning_rate
     monkeypatch.setattr(train_module, "learning_rate",
                         lambda *args: rates.append(real(*args)) or rates[-1])
-    c = config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, warmup_epochs=0, ema_decay=0)
-    train(MODEL, c, data)
+    train(MODEL, config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, ema_decay=0, **changes), data)
+    return rates
+
+
+def test_the_last_step_trains_at_the_floor_of_the_cosine(data, monkeypatch):
+    rates = learning_rates(data, monkeypatch, warmup_epochs=0)
     assert len(rates) == 25 and rates[-1] == pytest.approx(0.1)
     assert rates[0] < 1.0 and all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
 def test_warm_up_counts_epochs_in_steps(data, monkeypatch):
-    rates = []
-    real = train_module.learning_rate
-    monkeypatch.setattr(train_module, "learning_rate",
-                        lambda *args: rates.append(real(*args)) or rates[-1])
-    c = config(None, epochs=1, lr=1.0, min_lr_ratio=0.1, warmup_epochs=0.4, ema_decay=0)
-    train(MODEL, c, data)  # 25 steps: 10 of warm-up
+    rates = learning_rates(data, monkeypatch, warmup_epochs=0.4)  # 10 steps of warm-up
     cosine = [0.1 + 0.9 * (1 + math.cos(math.pi * (s + 1) / 25)) / 2 for s in range(25)]
     assert rates == pytest.approx([min(1.0, (s + 1) / 10) * cosine[s] for s in range(25)])
 
