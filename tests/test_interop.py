@@ -6,6 +6,7 @@ import warnings
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: never reach the Hub
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -158,6 +159,16 @@ def test_timm_distillation_token_is_named():
             convert(deit)
 
 
+def test_timm_layer_norm_eps_is_read_from_the_model():
+    ref = _timm(norm_layer=partial(nn.LayerNorm, eps=1e-2))
+    ours = from_timm(ref)
+    assert ours.config.norm_eps == 1e-2
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+    with pytest.raises(ValueError, match="config.norm_eps=1e-06 contradicts the timm model"):
+        from_timm(ref, CONFIG)
+
+
 # --- torchvision ----------------------------------------------------------------------------
 
 def test_torchvision_same_logits():
@@ -195,6 +206,24 @@ def test_torchvision_older_mlp_key_names():
            for key, value in ref.state_dict().items()}
     assert "encoder.layers.encoder_layer_1.mlp.linear_2.bias" in old
     ours = from_torchvision(old, replace(CONFIG, mlp_ratio=2.0))
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_torchvision_layer_norm_eps_is_read_from_the_model():
+    ref = _torchvision(norm_layer=partial(nn.LayerNorm, eps=1e-2))
+    ours = from_torchvision(ref)
+    assert ours.config.norm_eps == 1e-2
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_mlp_width_that_no_float_ratio_times_width_gives():
+    """51 / 42 · 42 rounds down to 50 in floating point: the ratio read from the weights must
+    still give an MLP of 51."""
+    ref = _torchvision(hidden_dim=42, mlp_dim=51)
+    ours = from_torchvision(ref)
+    assert int(ours.config.embed_dim * ours.config.mlp_ratio) == 51
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images())) <= TOL
 
@@ -254,6 +283,24 @@ def test_hf_older_key_names():
 def test_hf_other_activation_is_refused():
     with pytest.raises(ValueError, match="hidden_act='gelu_new'"):
         from_hf(_hf(hidden_act="gelu_new"))
+
+
+def test_hf_head_dim_other_than_width_over_heads_is_refused():
+    with pytest.raises(ValueError, match="head_dim=8, not hidden_size / num_attention_heads"):
+        from_hf(_hf("ViTModel", head_dim=8))
+
+
+def test_hf_mask_token_is_skipped():
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=48,
+                                       num_hidden_layers=2, num_attention_heads=3,
+                                       intermediate_size=96)
+    ref = _random(transformers.ViTModel(hf_config, use_mask_token=True))
+    assert "embeddings.mask_token" in ref.state_dict()
+    ours = from_hf(ref)
+    x = _images()
+    with torch.no_grad():
+        assert _max_diff(ours.forward_features(x), ref(x).last_hidden_state) <= TOL
 
 
 @pytest.mark.parametrize(
@@ -383,6 +430,26 @@ def test_google_npz_attention_kernels_are_checked():
         key = f"Transformer/encoderblock_1/MultiHeadDotProductAttention_1/{name}/kernel"
         with pytest.raises(ValueError, match=f"{key} has 6 heads of 8 .* has 3 of 16"):
             load_google_npz({**arrays, key: arrays[key].reshape(shape)})
+
+
+def test_google_npz_big_vision_class_token_has_no_position():
+    """big_vision adds the position table before prepending the class token: its table has
+    no slot for it, as timm's no_embed_class."""
+    ref = _timm(no_embed_class=True)
+    arrays = _google_arrays(ref, "big_vision")
+    assert arrays["params/pos_embedding"].shape == (1, 16, 48) and "params/cls" in arrays
+    ours = load_google_npz(arrays)
+    assert ours.config.pool == "cls" and not ours.pos_embed[0, 0].any()
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
+def test_google_npz_training_state_prefix_is_removed():
+    ref = _timm()
+    arrays = {f"opt/target/{k}": v for k, v in _google_arrays(ref, "vision_transformer").items()}
+    ours = load_google_npz(arrays)
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
 
 
 # --- config given with a model --------------------------------------------------------------
@@ -532,3 +599,13 @@ def test_ddp_module_prefix_is_removed(tmp_path):
         for ours in (from_timm(ddp, CONFIG), load_pretrained(tmp_path / "ddp.pth", CONFIG)):
             assert _max_diff(ours(_images()), timm_model(_images())) <= TOL
         assert _max_diff(from_hf_ddp(_images()), hf(_images()).logits) <= TOL
+
+
+def test_module_prefix_is_kept_unless_on_every_key():
+    """Only a prefix on every key is DistributedDataParallel's; keys with and without it are
+    left as they are, and do not fit."""
+    state = _timm().state_dict()
+    *prefixed, last = state
+    mixed = {**{f"module.{key}": state[key] for key in prefixed}, last: state[last]}
+    with pytest.raises(ValueError, match=r"no keys \['patch_embed\.proj\.weight'"):
+        from_timm(mixed, CONFIG)
