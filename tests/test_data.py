@@ -131,6 +131,13 @@ def test_label_names_pickled_as_bytes(tmp_path, cache):
     assert load_cifar10(tmp_path / "b", cache_dir=cache).classes == CIFAR10_CLASSES
 
 
+def test_class_names_come_from_batches_meta(tmp_path, cache):
+    write_batches(tmp_path / "b")
+    names = [f"kind {i}" for i in range(10)]
+    (tmp_path / "b" / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=2))
+    assert load_cifar10(tmp_path / "b", cache_dir=cache).classes == names
+
+
 def test_python_tarball(tmp_path, cache):
     arrays = write_batches(tmp_path / "cifar-10-batches-py", bytes_keys=True)
     archive = make_tar(tmp_path / "cifar-10-python.tar.gz", tmp_path / "cifar-10-batches-py",
@@ -168,6 +175,20 @@ def test_long_member_names_go_through_tarfile(tmp_path, cache):
     check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
 
 
+@pytest.mark.parametrize("wrapper", [82, 101])
+def test_long_member_names_split_in_ustar_headers(tmp_path, cache, wrapper):
+    """Plain ustar stores a path of over 100 characters as a prefix and a name: with a wrapper
+    folder of 82 characters most image paths are split, a few (test/cat/..., test/dog/...) are
+    not; with 101, a folder's whole path goes into the prefix and its name field is empty."""
+    pixels = write_image_tree(tmp_path / "tree", per_class=(1, 1))
+    archive = make_tar(tmp_path / "long.tar", tmp_path / "tree", "w" * wrapper,
+                       fmt=tarfile.USTAR_FORMAT)
+    assert data._ustar_members(archive.read_bytes(), archive) is not None  # the fast reader
+    d = load_cifar10(archive, cache_dir=cache, progress=False)
+    check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
+    check_image_split(d.test, pixels, "test/", CIFAR10_CLASSES)
+
+
 def test_jpeg_tree_matches_pil(tmp_path, cache, monkeypatch):
     pixels = write_image_tree(tmp_path / "tree", per_class=(2, 1), fmt="jpg")
     archive = make_tar(tmp_path / "j.tar.gz", tmp_path / "tree", ".")
@@ -195,6 +216,14 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path, cache):
     (tmp_path / "tree" / "train" / "cat" / "notes.txt").write_text("not an image")
     d = load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
     check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
+
+
+def test_folder_wrapping_the_tree_next_to_hidden_folders(tmp_path, cache):
+    pixels = write_image_tree(tmp_path / "outer" / "cifar10", per_class=(1, 1))
+    (tmp_path / "outer" / ".ipynb_checkpoints").mkdir()
+    d = load_cifar10(tmp_path / "outer", cache_dir=cache, progress=False)
+    check_image_split(d.train, pixels, "train/", CIFAR10_CLASSES)
+    check_image_split(d.test, pixels, "test/", CIFAR10_CLASSES)
 
 
 @posix_only
@@ -345,6 +374,31 @@ def test_cache_keeps_one_file_per_source(tmp_path, cache):
     assert set(cache.iterdir()) == caches | {writing}  # first_x and killed are gone
 
 
+def test_cache_notices_a_file_replaced_with_the_same_time(tmp_path, cache):
+    write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1))
+    load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+    image = tmp_path / "tree" / "train" / "a" / "0000.png"
+    stat = image.stat()
+    image.write_bytes(png_bytes(255))  # other contents, of another size ...
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... but the old time (cp -p)
+    d = load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+    assert bool((d.train.images[0] == 255).all())
+
+
+def test_cache_notices_an_image_moved_to_another_class(tmp_path, cache):
+    tree = tmp_path / "tree"
+    for name in ("train/a/0.png", "train/a/1.png", "train/b/0.png", "test/a/0.png",
+                 "test/b/0.png"):  # identical files with identical times
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(png_bytes(7))
+        os.utime(tree / name, ns=(10**18, 10**18))
+    first = load_cifar10(tree, cache_dir=cache, progress=False)
+    assert torch.bincount(first.train.labels).tolist() == [2, 1]
+    (tree / "train" / "a" / "1.png").rename(tree / "train" / "b" / "1.png")  # relabelled
+    second = load_cifar10(tree, cache_dir=cache, progress=False)
+    assert torch.bincount(second.train.labels).tolist() == [1, 2]
+
+
 @posix_only
 def test_cache_file_is_as_readable_as_the_umask_allows(tmp_path, cache):
     write_batches(tmp_path / "b")
@@ -476,6 +530,26 @@ def test_archive_refuses_other_hard_links(tmp_path, cache, target, error):
         load_cifar10(archive, cache_dir=cache)
 
 
+def test_hidden_files_and_folders_in_an_archive_are_ignored(tmp_path, cache):
+    archive = tar_with(tmp_path / "a.tar.gz", [
+        (tarfile.TarInfo("train/a/0.png"), png_bytes(1)),
+        (tarfile.TarInfo("train/a/._0.png"), b"macOS resource fork"),
+        (tarfile.TarInfo("train/.ipynb_checkpoints/0.png"), png_bytes(2)),
+        (tarfile.TarInfo("test/a/0.png"), png_bytes(3)),
+    ])
+    d = load_cifar10(archive, cache_dir=cache, progress=False)
+    assert d.classes == ["a"] and len(d.train) == 1 and bool((d.train.images == 1).all())
+
+
+def test_archive_with_two_image_trees_is_refused(tmp_path, cache):
+    archive = tar_with(tmp_path / "a.tar.gz", [
+        (tarfile.TarInfo(f"{tree}/{split}/a/0.png"), png_bytes())
+        for tree in ("old", "new") for split in ("train", "test")
+    ])
+    with pytest.raises(ValueError, match=r"several image-folder trees \(new, old\)"):
+        load_cifar10(archive, cache_dir=cache, progress=False)
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar command")
 def test_archives_made_by_the_tar_command(tmp_path, cache):
     write_image_tree(tmp_path / "tree", per_class=(1, 1))
@@ -495,10 +569,11 @@ def test_archives_made_by_the_tar_command(tmp_path, cache):
     assert bool((d.test.images[CIFAR10_CLASSES.index("dog") + 1] == 255).all())
 
 
-@pytest.mark.parametrize("wrapper", ["tree", "w" * 120])
-def test_tar_cut_short_on_a_block_boundary(tmp_path, cache, wrapper):
+@pytest.mark.parametrize(("wrapper", "fmt"), [("tree", tarfile.USTAR_FORMAT),  # the fast reader
+                                           ("w" * 120, tarfile.PAX_FORMAT)])  # and tarfile
+def test_tar_cut_short_on_a_block_boundary(tmp_path, cache, wrapper, fmt):
     write_image_tree(tmp_path / "tree", per_class=(1, 1))
-    archive = make_tar(tmp_path / "a.tar", tmp_path / "tree", wrapper)
+    archive = make_tar(tmp_path / "a.tar", tmp_path / "tree", wrapper, fmt=fmt)
     raw = archive.read_bytes()
     archive.write_bytes(raw[: -(-len(raw.rstrip(b"\0")) // 512) * 512])  # the last member's end
     with pytest.raises(ValueError, match="a.tar ends without tar's end-of-archive marker, so it "
@@ -574,6 +649,14 @@ def test_almost_cifar_classes(tmp_path, cache):
 def test_wrong_image_size(tmp_path, cache):
     write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1), size=16)
     with pytest.raises(ValueError, match=r"train/a/0000.png is 16×16 pixels.*resize"):
+        load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_image_of_wrong_height_is_named(tmp_path, cache, fmt):
+    write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1), fmt=fmt)
+    Image.new("RGB", (32, 16)).save(tmp_path / "tree" / "train" / "b" / f"0000.{fmt}")
+    with pytest.raises(ValueError, match=rf"train/b/0000.{fmt} is 32×16 pixels.*resize"):
         load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)
 
 
@@ -662,6 +745,7 @@ def test_train_val_split():
     expected = torch.bincount(split.labels) * 290 / len(split)
     assert (torch.bincount(val.labels, minlength=10) - expected).abs().max() < 1  # stratified
     assert torch.equal(val.labels, split.labels[indices(val)])
+    assert indices(train) == sorted(indices(train)) and indices(val) == sorted(indices(val))
     again, val_again = train_val_split(split, val_size=290, seed=0)
     assert indices(val_again) == indices(val)
     assert indices(train_val_split(split, val_size=290, seed=1)[1]) != indices(val)
@@ -678,6 +762,16 @@ def test_split_checks_and_subset():
         Split(split.images.float(), split.labels)
     with pytest.raises(ValueError, match="one label per image"):
         Split(split.images, split.labels[:3])
+
+
+def test_subset_draws_at_random_by_seed():
+    split = numbered_split([c for c in range(5) for _ in range(20)])  # sorted by class
+    drawn = split.subset(10, seed=0)
+    assert len(set(drawn.labels.tolist())) > 1  # not the first 10, all of class 0
+    assert indices(split.subset(10, seed=1)) != indices(drawn)
+    assert sorted(indices(split.subset(len(split)))) == list(range(len(split)))  # all, shuffled
+    with pytest.raises(ValueError, match="cannot draw 101 samples from a split of 100"):
+        split.subset(len(split) + 1)
 
 
 def test_synthetic_cifar_is_learnable_and_seeded():

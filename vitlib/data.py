@@ -433,7 +433,7 @@ def _ustar_members(buf: bytes, path: Path) -> list[tuple[str, bytes, memoryview,
     None when the archive uses extensions this parser leaves to ``tarfile``."""
     view = memoryview(buf)
     members, pos = [], 0
-    while pos + 512 <= len(buf) and buf[pos] != 0:  # an all-zero block ends the archive
+    while pos + 512 <= len(buf) and buf[pos:pos + 512] != bytes(512):  # a zero block ends it
         header = buf[pos : pos + 512]
         kind = header[156:157]
         if kind not in (b"0", b"\0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"):
