@@ -159,14 +159,17 @@ def test_timm_distillation_token_is_named():
             convert(deit)
 
 
-def test_timm_layer_norm_eps_is_read_from_the_model():
-    ref = _timm(norm_layer=partial(nn.LayerNorm, eps=1e-2))
-    ours = from_timm(ref)
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_layer_norm_eps_is_read_from_the_model(library):
+    build, convert = {"timm": (_timm, from_timm),
+                      "torchvision": (_torchvision, from_torchvision)}[library]
+    ref = build(norm_layer=partial(nn.LayerNorm, eps=1e-2))
+    ours = convert(ref)
     assert ours.config.norm_eps == 1e-2
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images())) <= TOL
-    with pytest.raises(ValueError, match="config.norm_eps=1e-06 contradicts the timm model"):
-        from_timm(ref, CONFIG)
+    with pytest.raises(ValueError, match=f"config.norm_eps=1e-06 contradicts the {library} model"):
+        convert(ref, CONFIG)
 
 
 # --- torchvision ----------------------------------------------------------------------------
@@ -206,14 +209,6 @@ def test_torchvision_older_mlp_key_names():
            for key, value in ref.state_dict().items()}
     assert "encoder.layers.encoder_layer_1.mlp.linear_2.bias" in old
     ours = from_torchvision(old, replace(CONFIG, mlp_ratio=2.0))
-    with torch.no_grad():
-        assert _max_diff(ours(_images()), ref(_images())) <= TOL
-
-
-def test_torchvision_layer_norm_eps_is_read_from_the_model():
-    ref = _torchvision(norm_layer=partial(nn.LayerNorm, eps=1e-2))
-    ours = from_torchvision(ref)
-    assert ours.config.norm_eps == 1e-2
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images())) <= TOL
 
