@@ -305,27 +305,26 @@ def run_train(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, **given)
     if resume is not None and not config.quiet:
         _note_if_finished(saved["progress"], config)
-    if config.out_dir is not None:
-        _check_new_run(config.out_dir, resume=resume is not None, smoke=args.smoke)
+    if resume is None and not args.smoke and config.out_dir is not None:
+        _refuse_overwrite(config.out_dir)
 
     data = load_data(args.data, smoke=args.smoke, quiet=config.quiet or args.no_progress)
     train(model_config, config, data, resume=resume)
     return 0
 
 
-def _check_new_run(out_dir: str, *, resume: bool, smoke: bool) -> None:
-    """Refuse an output folder that cannot be written, and one that holds an earlier run
-    which a new run would overwrite (smoke runs aside)."""
+def _refuse_overwrite(out_dir: str) -> None:
+    """Refuse an output folder that holds an earlier run, which a new run would overwrite (the
+    engine checks that the folder can hold checkpoints, before it trains)."""
     from pathlib import Path
 
-    from .checkpoint import CHECKPOINT_NAME, check_out_dir
+    from .checkpoint import CHECKPOINT_NAME
 
-    if not resume and not smoke and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+    if (Path(out_dir) / CHECKPOINT_NAME).is_file():
         raise ValueError(
             f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, or "
             f"start a new one in another folder with --out DIR (or delete {out_dir} first)"
         )
-    check_out_dir(out_dir)
 
 
 def _note_if_finished(progress: dict, config: TrainConfig) -> None:

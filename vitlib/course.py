@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import vitlib
+from vitlib.data import project_dir
 
 if TYPE_CHECKING:
     from vitlib.data import CIFAR10
@@ -98,8 +99,6 @@ def format_bytes(n: float) -> str:
 def runs_dir() -> Path:
     """The project's ``runs/`` folder (git-ignored), wherever in the project a notebook runs;
     ``runs/`` in the working directory outside a checkout (Colab)."""
-    from vitlib.data import project_dir
-
     return project_dir() / "runs"
 
 

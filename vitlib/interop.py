@@ -119,8 +119,8 @@ GOOGLE_BLOCK_KEYS = {  # vision_transformer numbers the modules 0, 1, 2, 3; big_
     "MlpBlock_0/Dense_1/": "mlp.fc2.",
 }
 
-UNSUPPORTED = {  # a fragment of a key in vitlib's names (after the format's renaming) -> the
-    # feature it reveals, which vitlib's ViT does not have
+UNSUPPORTED = {  # a fragment of a key, in the source's names or in vitlib's (after renaming)
+    # -> the feature it reveals, which vitlib's ViT does not have
     "fc_norm.": "a LayerNorm after pooling (timm fc_norm)",
     ".ls1.": "layer scale (timm init_values)",
     "reg_token": "register tokens (timm reg_tokens)",

@@ -757,8 +757,8 @@ class _Run:
         self.epoch, self.batch, self.step = progress["epoch"], progress["batch"], progress["step"]
         self.train_time = progress["train_time_s"]
         fresh = self._zero_sums()
-        saved = state["epoch_sums"]
-        saved_sums = {"timed": saved["seen"].clone(), **saved}  # not saved before: all timed
+        epoch_sums = state["epoch_sums"]  # without "timed" before it was kept: all were timed
+        saved_sums = {"timed": epoch_sums["seen"].clone(), **epoch_sums}
         sums = {k: v.to(device, fresh[k].dtype) for k, v in saved_sums.items()}
         # the totals of all processes: counted once, by the main process, with any number of them
         self.sums = sums if self.proc.is_main else {**fresh, "time": sums["time"]}
