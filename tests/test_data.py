@@ -374,6 +374,21 @@ def test_cache_keeps_one_file_per_source(tmp_path, cache):
     assert set(cache.iterdir()) == caches | {writing}  # first_x and killed are gone
 
 
+def test_cache_removes_files_in_the_first_naming_of_its_source_only(tmp_path, cache):
+    cache.mkdir(parents=True, exist_ok=True)
+    first_naming = cache / "b-0123456789abcdef.pt"  # <source name>-<one hash>.pt, never read
+    others = [cache / name for name in (
+        "bb-0123456789abcdef.pt",  # another source's name
+        "b-0123456789abcdef.pt.bak", "b-not-a-hash-at-all.pt", "b-0123456789ABCDEF.pt",
+    )]
+    for file in [first_naming, *others]:
+        file.write_bytes(b"an old cache")
+    write_batches(tmp_path / "b")
+    load_cifar10(tmp_path / "b", cache_dir=cache)
+    assert not first_naming.exists()
+    assert all(file.exists() for file in others)
+
+
 def test_cache_notices_a_file_replaced_with_the_same_time(tmp_path, cache):
     write_image_tree(tmp_path / "tree", classes=["a", "b"], per_class=(1, 1))
     load_cifar10(tmp_path / "tree", cache_dir=cache, progress=False)

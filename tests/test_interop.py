@@ -190,6 +190,17 @@ def test_torchvision_pre_logits_is_refused_unless_head_dropped():
     assert backbone(_images()).shape == (2, 48)
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_torchvision_model_without_classes_converts_to_its_backbone():
+    """torchvision's num_classes=0 keeps an empty Linear head (0 outputs), which vitlib drops."""
+    ref = _torchvision(num_classes=0)
+    ours = from_torchvision(ref)
+    assert ours.config.num_classes == 0
+    ref.heads = nn.Identity()  # the features the empty head is applied to
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images())) <= TOL
+
+
 def test_torchvision_conv_stem_is_named():
     from torchvision.models.vision_transformer import ConvStemConfig
 
@@ -247,6 +258,15 @@ def test_hf_vit_model_tokens_equal_last_hidden_state():
 def test_hf_classifier_same_logits(kind, config, overrides):
     ref = _hf(kind, config, **overrides)
     ours = from_hf(ref)
+    with torch.no_grad():
+        assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
+
+
+def test_hf_state_dict_needs_config_with_its_layer_norm_eps():
+    ref = _hf()
+    with pytest.raises(ValueError, match=r"num_heads=\.\.\., norm_eps=1e-12"):
+        from_hf(ref.state_dict())
+    ours = from_hf(ref.state_dict(), replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
 

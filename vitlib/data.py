@@ -21,6 +21,7 @@ import io
 import lzma
 import os
 import pickle
+import re
 import secrets
 import shutil
 import tarfile
@@ -727,11 +728,15 @@ def _write_cache(file: Path, data: CIFAR10) -> None:
 
 
 def _remove_stale_cache(file: Path) -> None:
-    """Remove the other cache files of ``file``'s source (left by older versions of it) and
-    its temporary files older than an hour (left by a killed process)."""
+    """Remove the other cache files of ``file``'s source (left by older versions of it), its
+    temporary files older than an hour (left by a killed process), and the files of a source of
+    its name in the first cache version's naming (``<source name>-<one hash>.pt``), which no
+    version reads any more."""
     prefix = file.name.rpartition("-")[0] + "-"  # <source name>-<hash of its path>-
+    first_naming = re.compile(re.escape(file.name.rsplit("-", 2)[0]) + r"-[0-9a-f]{16}\.pt")
     for other in file.parent.iterdir():
-        if other == file or not other.name.startswith(prefix):
+        if other == file or not (other.name.startswith(prefix)
+                                 or first_naming.fullmatch(other.name)):
             continue
         try:
             if other.suffix == ".pt" or (

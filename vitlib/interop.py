@@ -221,8 +221,9 @@ def from_torchvision(
     image_size: int | None = None,
 ) -> ViT:
     """A torchvision ``VisionTransformer`` (``vit_b_16`` and family, or its state dict, with
-    the MLP key names of current or older torchvision) as a vitlib ``ViT`` in eval mode.
-    Config, ``image_size``, ``module.`` prefix: as in ``from_timm``."""
+    the MLP key names of current or older torchvision) as a vitlib ``ViT`` in eval mode. One
+    built with ``num_classes=0`` (a head with no outputs) gives vitlib's backbone,
+    ``num_classes=0``. Config, ``image_size``, ``module.`` prefix: as in ``from_timm``."""
     state_dict, known = model_or_state_dict, {}
     if isinstance(model_or_state_dict, nn.Module):
         model = model_or_state_dict
@@ -501,7 +502,8 @@ def _build(
     ``known``: the config fields the source fixes beyond the weights' shapes, which ``config``
     must agree with. ``has_cls_slot``: whether the source's position table has the class
     token's slot (None: not known, see ``_timm_cls_slot``)."""
-    if config is not None and config.num_classes == 0:  # backbone only
+    empty_head = "head.weight" in state_dict and state_dict["head.weight"].shape[0] == 0
+    if empty_head or (config is not None and config.num_classes == 0):  # backbone only
         head = re.compile(r"head\.|.*pre_logits")
         state_dict = {k: v for k, v in state_dict.items() if not head.match(k)}
     _refuse(source, _unsupported(state_dict))
@@ -514,10 +516,12 @@ def _build(
         if "num_heads" not in known:
             fields = ", ".join(f"{k}={v!r}" for k, v in found.items())
             divisors = [h for h in range(1, 33) if found["embed_dim"] % h == 0]
+            eps = (", norm_eps=1e-12 (Hugging Face's default layer_norm_eps; take the one in "
+                   "the model's config.json)") if source == "hf" else ""
             raise ValueError(
                 f"a bare {source} state dict does not record the number of attention heads; pass "
-                f"config=ViTConfig({fields}, num_heads=...) with num_heads from {divisors} as the "
-                "model was trained, or pass the model itself"
+                f"config=ViTConfig({fields}, num_heads=...{eps}) with num_heads from {divisors} "
+                "as the model was trained, or pass the model itself"
             )
         config = ViTConfig(**found, **known)
     if clashes := {k: v for k, v in known.items() if getattr(config, k) != v}:
