@@ -65,7 +65,7 @@ def test_presets_match_their_vit_in_size():
 @pytest.mark.parametrize("config", [SMALL, get_config("resnet_cifar_cpu")])
 def test_flops_match_pytorch_counter(config):
     model = ResNet(config).eval()
-    for size in (32, 24):
+    for size in (32, 24, 25):  # 25: odd sizes, where a stride-2 conv rounds up (25 -> 13 -> 7)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.randn(1, 3, size, size))
         assert flops_per_image(config, size) == counter.get_total_flops()
@@ -73,12 +73,17 @@ def test_flops_match_pytorch_counter(config):
 
 def test_receptive_field_matches_gradient():
     config = CNNConfig(widths=(4, 4, 4), blocks=(1, 1, 1), num_classes=0)
+    torch.manual_seed(0)
     model = ResNet(config).double().eval()
-    x = torch.randn(1, 3, 64, 64, dtype=torch.double, requires_grad=True)
-    features = model.forward_features(x)  # (1, 4, 16, 16)
-    features[0, :, 8, 8].sum().backward()
+    # the pixels reached by the gradient in any of 8 images: in one image alone, the ReLUs can
+    # cut every path to the edge of the field (with 4 channels, about one image in seven)
+    x = torch.randn(8, 3, 48, 48, dtype=torch.double, requires_grad=True)
+    features = model.forward_features(x)  # (8, 4, 12, 12)
+    features[:, :, 8, 8].sum().backward()
     rows = x.grad.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
+    cols = x.grad.abs().sum(dim=(0, 1, 2)).nonzero().flatten()
     assert rows.max() - rows.min() + 1 == receptive_field(config) == 25
+    assert cols.max() - cols.min() + 1 == 25
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -97,6 +102,8 @@ def test_bad_config_says_what_to_do(kwargs, words):
 def test_bad_input_and_unknown_preset():
     with pytest.raises(ValueError, match="unsqueeze"):
         ResNet(SMALL)(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match=r"expected images shaped \(B, 3, H, W\)"):
+        ResNet(SMALL)(torch.randn(2, 1, 32, 32))  # grey images for a colour model
     with pytest.raises(ValueError, match="resnet_cifar_cpu"):
         get_config("resnet50")
     assert CNNConfig(widths=[8, 16], blocks=[1, 1]) == CNNConfig(widths=(8, 16), blocks=(1, 1))
@@ -136,6 +143,69 @@ def test_basic_block_shortcut():
     down = BasicBlock(8, 16, stride=2).eval()
     assert not isinstance(down.shortcut, torch.nn.Identity) and down(x).shape == (2, 16, 8, 8)
     assert (down(x) >= 0).all()  # the block ends with a ReLU
+    wider = BasicBlock(8, 16).eval()  # same resolution, more channels: x needs a projection too
+    assert not isinstance(wider.shortcut, torch.nn.Identity) and wider(x).shape == (2, 16, 16, 16)
+
+
+def randomise_batchnorm(model):
+    """Non-trivial BatchNorm statistics and affine parameters, so that each BN matters."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_()
+    return model
+
+
+def batchnorm_by_hand(x, bn):
+    """Eval-mode BatchNorm: (x - running mean) / sqrt(running var + eps) · weight + bias."""
+    def per_channel(t):
+        return t[None, :, None, None]
+
+    scale = per_channel(bn.weight) / per_channel(bn.running_var + bn.eps).sqrt()
+    return (x - per_channel(bn.running_mean)) * scale + per_channel(bn.bias)
+
+
+@pytest.mark.parametrize(("in_chans", "out_chans", "stride"), [(8, 8, 1), (8, 16, 2)])
+def test_basic_block_matches_its_formula(in_chans, out_chans, stride):
+    # ReLU(x' + BN(conv(ReLU(BN(conv(x)))))), x' = x or BN(1×1 conv(x)), written out
+    torch.manual_seed(0)
+    block = randomise_batchnorm(BasicBlock(in_chans, out_chans, stride).double().eval())
+    x = torch.randn(2, in_chans, 8, 8, dtype=torch.double)
+    out = F.conv2d(x, block.conv1.weight, stride=stride, padding=1)
+    out = F.relu(batchnorm_by_hand(out, block.bn1))
+    out = batchnorm_by_hand(F.conv2d(out, block.conv2.weight, padding=1), block.bn2)
+    if stride == 1 and in_chans == out_chans:
+        shortcut = x
+    else:
+        conv, bn = block.shortcut
+        shortcut = batchnorm_by_hand(F.conv2d(x, conv.weight, stride=stride), bn)
+    assert torch.allclose(block(x), F.relu(out + shortcut), atol=1e-10)
+
+
+def test_stem_then_stages_then_average_pool_then_head():
+    torch.manual_seed(0)
+    model = randomise_batchnorm(ResNet(SMALL).double().eval())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.double)
+    conv, bn = model.stem[0], model.stem[1]
+    stem = F.relu(batchnorm_by_hand(F.conv2d(x, conv.weight, padding=1), bn))  # conv-BN-ReLU
+    features = model.stages(stem)
+    assert torch.allclose(model.forward_features(x), features, atol=1e-10)
+    pooled = features.mean(dim=(2, 3))  # global average pool
+    assert torch.allclose(model(x), pooled @ model.head.weight.T + model.head.bias, atol=1e-10)
+
+
+def test_convolutions_start_with_he_init_over_the_fan_out():
+    # He et al. (2015) for ReLU networks, fan-out mode: std = sqrt(2 / (out_chans · k · k))
+    torch.manual_seed(0)
+    convs = [m for m in ResNet(CNNConfig()).modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 2 + 2  # stem, two per block, two projection shortcuts
+    for conv in convs:
+        out_chans, _, k, _ = conv.weight.shape
+        want = (2 / (out_chans * k * k)) ** 0.5
+        assert abs(conv.weight.std().item() / want - 1) < 0.15, (tuple(conv.weight.shape), want)
 
 
 def test_gradients_reach_every_parameter_and_a_short_run_learns():

@@ -128,6 +128,27 @@ def test_inflated_patch_embed_sees_a_still_clip_as_its_image():
     assert torch.allclose(tokens, per_image.repeat(1, 2, 1), atol=1e-5)
 
 
+def test_inflated_patch_embed_averages_the_frames_of_a_tubelet():
+    # the filter, repeated over the t frames and divided by t, is linear: a tubelet's token is
+    # the mean of the tokens that the image model gives its t frames
+    torch.manual_seed(0)
+    patch_embed = PatchEmbed(patch_size=4, in_chans=3, embed_dim=16)
+    embed = TubeletEmbed.from_patch_embed(patch_embed, tubelet_size=2)
+    clip = torch.randn(1, 3, 4, 8, 8)  # 4 different frames: 2 tubelets in time
+    tokens = embed(clip).view(1, 2, 4, 16)  # (B, time, patch, D)
+    per_frame = torch.stack([patch_embed(clip[:, :, f]) for f in range(4)], dim=1)  # (1, 4, 4, D)
+    expected = per_frame.view(1, 2, 2, 4, 16).mean(dim=2)  # frames 0-1, then frames 2-3
+    assert torch.allclose(tokens, expected, atol=1e-5)
+
+
+def test_inflated_patch_embed_keeps_the_dtype_of_the_image_model():
+    patch_embed = PatchEmbed(patch_size=4, in_chans=3, embed_dim=8).double()
+    embed = TubeletEmbed.from_patch_embed(patch_embed, tubelet_size=2)
+    assert embed.proj.weight.dtype == embed.proj.bias.dtype == torch.float64
+    clip = torch.randn(1, 3, 2, 8, 8, dtype=torch.float64)
+    assert embed(clip).dtype == torch.float64
+
+
 def test_segmentation_vit_refuses_a_backbone_that_drops_tokens():
     backbone = ViT(ViTConfig(embed_dim=16, depth=1, num_heads=2, token_drop=0.5))
     with pytest.raises(ValueError, match="keep all its tokens.*token_drop=0"):

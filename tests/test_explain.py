@@ -73,16 +73,16 @@ def test_rollout_heatmap_shape_and_sum(pool):
 
 
 def test_rollout_heatmap_reads_the_rollout(monkeypatch):
-    # a mean-pool model whose attention always looks at patch 5 alone: without the residual,
-    # every token draws on patch 5 only, so the map is 1 there
+    # a mean-pool model whose attention always looks at patch 6 alone: without the residual,
+    # every token draws on patch 6 only, so the map is 1 there, at row 1, column 2
     model = ViT(ViTConfig(pool="mean", **SMALL)).eval()
     one_hot = torch.zeros(2, 4, 16, 16)
-    one_hot[..., 5] = 1.0
+    one_hot[..., 6] = 1.0
     monkeypatch.setattr(model, "attention_maps", lambda images: [one_hot] * 3)
     heat = rollout_heatmap(model, torch.randn(2, 3, 16, 16), residual=False)
-    expected = torch.zeros(2, 16)
-    expected[:, 5] = 1.0
-    assert torch.equal(heat, expected.view(2, 4, 4))
+    expected = torch.zeros(2, 4, 4)
+    expected[:, 1, 2] = 1.0  # patches in row-major order, as patchify lays them out
+    assert torch.equal(heat, expected)
 
 
 def test_rollout_heatmap_uses_the_class_token_row(monkeypatch):
@@ -135,6 +135,32 @@ def test_attention_distance_per_head_and_block():
     assert torch.equal(distance, torch.tensor([[0.0, 2.0], [2.0, 0.0]]))
 
 
+def test_attention_distance_renormalises_each_query_over_the_patches():
+    # 1×3 grid, patch_size 2, a class token; each query's patch weights, scaled to sum to 1:
+    # patch 0 -> half itself, half patch 1 (2 px): 1; patch 1 -> patch 2 (2 px): 2;
+    # patch 2 -> patch 0 only, after its 0.8 on the class token is dropped (4 px): 4
+    attn = torch.tensor([[1.0, 0.0, 0.0, 0.0],
+                         [0.5, 0.25, 0.25, 0.0],
+                         [0.0, 0.0, 0.0, 1.0],
+                         [0.8, 0.2, 0.0, 0.0]]).view(1, 1, 4, 4)
+    distance = mean_attention_distance([attn], (1, 3), patch_size=2, num_prefix_tokens=1)
+    assert torch.allclose(distance, torch.tensor([[(1.0 + 2.0 + 4.0) / 3]]))
+
+
+def test_attention_distance_averages_over_the_images():
+    # image 0 looks at itself (0 px), image 1 at the neighbouring patch (3 px): mean 1.5
+    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    attn = torch.stack([torch.eye(2), swap]).view(2, 1, 2, 2)
+    distance = mean_attention_distance([attn], (1, 2), patch_size=3)
+    assert torch.allclose(distance, torch.tensor([[1.5]]))
+
+
+def test_attention_distance_stays_finite_when_a_query_sees_only_the_class_token():
+    attn = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    distance = mean_attention_distance([attn], (1, 2), patch_size=4, num_prefix_tokens=1)
+    assert torch.isfinite(distance).all()
+
+
 def test_attention_distance_rejects_a_wrong_grid():
     with pytest.raises(ValueError, match="num_prefix_tokens"):
         mean_attention_distance([torch.rand(1, 2, 17, 17)], (4, 4), 4)
@@ -162,6 +188,15 @@ def test_position_similarity():
     assert sim[0, 1] > sim[0, 15]  # a sin-cos table: neighbours are more alike than far patches
     with pytest.raises(ValueError, match="position table"):
         position_similarity(torch.rand(4))
+
+
+def test_position_similarity_of_a_learned_table_is_detached():
+    # a learned table is a trainable parameter; the similarity is for plotting, not training
+    model = ViT(ViTConfig(pool="cls", pos_embed="learned", **SMALL))
+    assert model.pos_embed.requires_grad
+    sim = position_similarity(model.pos_embed, num_prefix_tokens(model))
+    assert sim.shape == (16, 16) and not sim.requires_grad
+    sim.numpy()  # ready for matplotlib
 
 
 def test_plots_of_heat_maps_and_distances():
