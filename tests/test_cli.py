@@ -1,5 +1,6 @@
 """The command line: python -m vitlib train | eval | bench."""
 
+import dataclasses
 import subprocess
 import sys
 import types
@@ -8,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlib.__main__ import main
-from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from vitlib.__main__ import SMOKE_MODEL, SYNTHETIC, build_parser, main
+from vitlib.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from vitlib.data import synthetic_cifar
-from vitlib.train import TrainConfig, train
+from vitlib.model import ViTConfig, get_config
+from vitlib.train import TrainConfig, TrainingDiverged, train
 
 SMOKE = ["train", "--smoke", "--threads", "1"]
 
@@ -45,6 +47,73 @@ def test_eval_prints_accuracy(smoke_run, capsys):
     assert out.startswith("test accuracy ") and "on 256 images" in out and "flip" in out
 
 
+def test_eval_uses_its_sample_count_batch_size_and_tta(smoke_run, monkeypatch, capsys):
+    import vitlib.train
+
+    seen, evaluate = [], vitlib.train.evaluate
+
+    def spy(model, split, **options):
+        seen.append((len(split), options["batch_size"], options.get("tta")))
+        return evaluate(model, split, **options)
+
+    monkeypatch.setattr(vitlib.train, "evaluate", spy)
+    args = ["eval", str(smoke_run), "--data", "synthetic", "--max-samples", "1",
+            "--batch-size", "1", "--tta", "flip"]
+    assert main(args) == 0
+    assert seen == [(1, 1, "flip")] and "on 1 images" in capsys.readouterr().out
+
+
+def test_eval_of_a_smoke_checkpoint_says_what_it_was_trained_on(smoke_run, capsys):
+    assert main(["eval", str(smoke_run), "--data", "synthetic"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("test accuracy ")
+    assert lines[1].startswith("note: this checkpoint is from a --smoke run, a quick check "
+                               "trained on 256 images (made-up ones unless it was given --data), "
+                               "not on the 512 training images of this data")
+    assert lines[1].endswith("to train a real model run `python -m vitlib train --data synthetic`")
+
+
+@pytest.mark.parametrize(
+    ("max_train_samples", "n_train", "note"),
+    [
+        (None, 512, None),  # trained on all the training images of this data: nothing to say
+        (128, 512, "trained on only 128 images (--max-train-samples 128), not on the 512 "
+                   "training images of this data"),
+        (None, 1024, "trained on 448 images, and this data has 1,024 training images: it was "
+                     "trained on other data (or another split)"),
+    ],
+)
+def test_eval_notes_a_checkpoint_trained_on_other_images(max_train_samples, n_train, note,
+                                                         tmp_path, monkeypatch, capsys):
+    model = dataclasses.replace(get_config("vit_cifar_cpu"), **SMOKE_MODEL)
+    train(model, TrainConfig(epochs=1, batch_size=64, val_size=64, device="cpu", num_threads=1,
+                             max_train_samples=max_train_samples, out_dir=str(tmp_path),
+                             progress=False, quiet=True), synthetic_cifar(**SYNTHETIC))
+    monkeypatch.setitem(SYNTHETIC, "n_train", n_train)  # other data than it was trained on
+    assert main(["eval", str(tmp_path), "--data", "synthetic"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("test accuracy ")
+    if note is None:
+        assert len(lines) == 1
+    else:
+        assert len(lines) == 2 and lines[1].startswith("note: ") and note in lines[1]
+
+
+@pytest.mark.parametrize(("missing", "noted"), [("train_images", True), ("train_config", False)])
+def test_eval_of_an_older_checkpoint_notes_only_what_it_records(missing, noted, smoke_run,
+                                                                 tmp_path, capsys):
+    state = load_checkpoint(smoke_run)
+    if missing == "train_images":
+        del state["progress"]["train_images"]
+    else:
+        del state[missing]
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert main(["eval", str(tmp_path), "--data", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    note = "note: this checkpoint is from a --smoke run, a quick check trained on 256 images"
+    assert out.startswith("test accuracy ") and (note in out) == noted
+
+
 def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -53,6 +122,29 @@ def test_resume_continues_with_more_epochs(smoke_run, tmp_path, capsys):
     assert "epoch 2/2" in capsys.readouterr().out
     state = load_checkpoint(out)
     assert state["progress"]["epoch"] == 2 and state["train_config"]["epochs"] == 2
+    assert not state["train_config"]["progress"]  # --smoke: no progress bars
+
+
+def test_resume_of_a_checkpoint_file_continues_in_its_folder(smoke_run, tmp_path, monkeypatch):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / CHECKPOINT_NAME).write_bytes((smoke_run / CHECKPOINT_NAME).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMOKE, "--resume", str(run / CHECKPOINT_NAME), "--epochs", "2", "--quiet"]) == 0
+    assert load_checkpoint(run)["progress"]["epoch"] == 2
+    assert not (tmp_path / "runs").exists()  # not the default folder of a new run
+
+
+def test_resume_keeps_the_checkpoints_model_and_settings_without_their_flags(tmp_path, capsys):
+    assert main([*SMOKE, "--out", str(tmp_path), "--lr", "0.002", "--quiet"]) == 0
+    args = ["train", "--resume", str(tmp_path), "--data", "synthetic", "--epochs", "2",
+            "--threads", "1", "--no-progress"]
+    assert main(args) == 0
+    assert "epoch 2/2" in capsys.readouterr().out  # --quiet was the first run's, not this one's
+    state = load_checkpoint(tmp_path)
+    assert state["model_config"]["depth"] == 1 and state["progress"]["epoch"] == 2
+    config = state["train_config"]
+    assert config["lr"] == 0.002 and config["max_train_samples"] == 256
 
 
 def test_named_recipe_with_flags_on_top(tmp_path, capsys):
@@ -74,6 +166,32 @@ def test_named_recipe_with_flags_on_top(tmp_path, capsys):
     assert state["model_config"]["token_drop"] == 0.5
     assert state["model_config"]["attn_init"] == "mimetic"
     assert state["model_config"]["pos_embed"] == "sincos"
+
+
+def test_run_flags_override_the_smoke_settings(tmp_path):
+    args = [*SMOKE, "--seed", "3", "--max-train-samples", "128", "--max-eval-samples", "64",
+            "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    state = load_checkpoint(tmp_path)
+    assert state["train_config"]["seed"] == 3 and state["progress"]["train_images"] == 128
+    assert state["train_config"]["max_eval_samples"] == 64
+
+
+def test_smoke_run_with_a_preset_trains_that_model_in_the_smoke_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMOKE, "--recipe", "gpu", "--preset", "vit_cifar_cpu", "--quiet"]) == 0
+    saved = load_checkpoint(tmp_path / "runs" / "smoke")["model_config"]
+    assert ViTConfig(**saved) == get_config("vit_cifar_cpu")  # not the recipe's model
+    assert not (tmp_path / "runs" / "vit_cifar_cpu").exists()  # that folder is for real runs
+
+
+def test_a_smoke_run_may_replace_an_earlier_smoke_run(smoke_run, tmp_path, monkeypatch):
+    (tmp_path / "runs" / "smoke").mkdir(parents=True)
+    earlier = (smoke_run / CHECKPOINT_NAME).read_bytes()
+    (tmp_path / "runs" / "smoke" / CHECKPOINT_NAME).write_bytes(earlier)
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMOKE, "--quiet"]) == 0
+    assert (tmp_path / "runs" / "smoke" / CHECKPOINT_NAME).read_bytes() != earlier
 
 
 @pytest.mark.parametrize(
@@ -137,6 +255,7 @@ def test_bench_reports_a_missing_data_source_as_one_line(tmp_path, capsys):
         (["train", "--smoke", "--max-train-samples", "0"], "must be at least 1, got 0"),
         (["eval", "runs/x", "--batch-size", "0"], "must be at least 1, got 0"),
         (["eval", "runs/x", "--max-samples", "-1"], "must be at least 1, got -1"),
+        (["eval", "runs/x", "--max-samples", "2.5"], "expected a whole number, got '2.5'"),
     ],
 )
 def test_bad_flag_values_are_rejected_by_the_parser(args, message, capsys):
@@ -144,6 +263,32 @@ def test_bad_flag_values_are_rejected_by_the_parser(args, message, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_device_flag_takes_the_devices_a_run_can_use(device):
+    assert build_parser().parse_args(["train", "--device", device]).device == device
+    assert build_parser().parse_args(["eval", "runs/x", "--device", device]).device == device
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (TrainingDiverged("the loss is nan at step 3"), 1,
+         "python -m vitlib train: the loss is nan at step 3"),
+        (KeyboardInterrupt(), 130, ""),
+    ],
+)
+def test_exit_status_of_a_run_that_diverges_or_is_interrupted(error, code, message, tmp_path,
+                                                               monkeypatch, capsys):
+    import vitlib.train
+
+    def stop(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(vitlib.train, "train", stop)
+    assert main([*SMOKE, "--out", str(tmp_path)]) == code
+    assert capsys.readouterr().err.strip() == message
 
 
 @pytest.mark.parametrize(
@@ -160,6 +305,8 @@ def test_bad_flag_values_are_rejected_by_the_parser(args, message, capsys):
         (["--out", ""], "the output folder is empty text"),
         (["--recipe", "cpu", "--resume", "runs/x"], "--recipe names the settings of a new run, "
                                                     "and --resume continues"),
+        (["--whiten-patches", "--resume", "runs/x"], "--whiten-patches sets a new run's first "
+                                                     "patch embedding, and --resume continues"),
     ],
 )
 def test_flags_that_would_do_nothing_or_harm_are_refused_before_training(flags, message,
@@ -210,6 +357,15 @@ def test_mistyped_vitlib_data_is_an_error_not_a_download(smoke_run, tmp_path, mo
     monkeypatch.setenv("VITLIB_DATA", str(typo))
     assert main(["eval", str(smoke_run)]) == 2
     assert "does not exist" in capsys.readouterr().err and not typo.exists()
+
+
+def test_a_run_without_smoke_never_trains_on_made_up_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VITLIB_DATA", str(tmp_path / "no-cifar-here"))
+    args = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "64",
+            "--val-size", "64", "--max-train-samples", "64", "--time-budget", "0",
+            "--threads", "1", "--quiet"]
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_quiet_prints_nothing(tmp_path, capsys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 
 import torch
@@ -356,14 +357,51 @@ def run_eval(args: argparse.Namespace) -> int:
 
     path = resolve_checkpoint(args.checkpoint)
     model = load_model(path, map_location=pick_device(args.device or "auto"))
-    test = load_data(args.data).test
+    data = load_data(args.data)
+    test = data.test
     if args.max_samples is not None and args.max_samples < len(test):
         test = test.subset(args.max_samples)
     result = evaluate(model, test, batch_size=args.batch_size, tta=args.tta)
     tta = f", test-time augmentation: {args.tta}" if args.tta else ""
     print(f"test accuracy {result['acc']:.2%} (loss {result['loss']:.3f}) on {len(test)} "
           f"images{tta}; checkpoint {path}")
+    if note := _training_data_note(path, len(data.train), args.data):
+        print(note)
     return 0
+
+
+def _training_data_note(path: str | os.PathLike, available: int, source: str | None) -> str | None:
+    """A note when the checkpoint at ``path`` was trained on other images than the training
+    split of the data it is evaluated on (``available`` training images): a subset of them (a
+    --smoke or --max-train-samples run), or a different number (another data source). None
+    when they match, or when the checkpoint does not record enough to tell."""
+    try:  # mapped, not read: only the small records are looked at
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        config, progress = state.get("train_config") or {}, state.get("progress") or {}
+    except Exception:  # the model loaded; a record that cannot be read just means no note
+        return None
+    subset, val_size = config.get("max_train_samples"), config.get("val_size") or 0
+    usable = available - val_size if val_size < available else available  # what a run here gets
+    trained = progress.get("train_images")  # recorded since resuming checks it
+    if trained is None and subset is not None:  # older checkpoints: at most max_train_samples
+        trained = min(subset, usable)
+    if not isinstance(trained, int) or trained == usable:
+        return None
+    data = f" --data {shlex.quote(source)}" if source is not None else ""
+    if all(config.get(k) == SMOKE_TRAIN[k] for k in ("max_train_samples", "max_eval_samples")):
+        return (f"note: this checkpoint is from a --smoke run, a quick check trained on "
+                f"{trained:,} images (made-up ones unless it was given --data), not on the "
+                f"{available:,} training images of this data, so a low accuracy here is expected; "
+                f"to train a real model run `python -m vitlib train{data}`")
+    if subset is not None and trained < usable:
+        return (f"note: this checkpoint was trained on only {trained:,} images "
+                f"(--max-train-samples {subset}), not on the {available:,} training images of "
+                f"this data, so a low accuracy here is expected; to train on all of them run "
+                f"`python -m vitlib train{data}` without --max-train-samples")
+    return (f"note: this checkpoint was trained on {trained:,} images, and this data has "
+            f"{available:,} training images: it was trained on other data (or another split); "
+            f"evaluate it with the --data it was trained on, or train on this data with "
+            f"`python -m vitlib train{data}`")
 
 
 def main(argv: list[str] | None = None) -> int:
