@@ -176,10 +176,20 @@ def run_seed(model_config: ViTConfig, config: TrainConfig, data, out: Path) -> d
     return {
         "seed": config.seed, "compile_s": history.compile_s, "train_s": last["train_time_s"],
         "epochs": last["epoch"], "steps": last["step"],
-        "images_per_s": last["step"] * config.batch_size / last["train_time_s"],  # whole run
+        "images_per_s": run_images_per_s(history.epochs),
         "stop_reason": history.stop_reason, "curve": curve, "final": final, "chosen": chosen,
         "test_acc": final[chosen]["test"], "final_eval_s": eval_s,
     }
+
+
+def run_images_per_s(epochs: list[dict]) -> float:
+    """Training images/s of the whole run: the epochs' rates weighted by their training time,
+    so the compiling steps are left out as each epoch's rate leaves them out."""
+    images, before = 0.0, 0.0
+    for record in epochs:
+        images += record["images_per_s"] * (record["train_time_s"] - before)
+        before = record["train_time_s"]
+    return images / max(before, 1e-9)
 
 
 def summarise(runs: list[dict]) -> dict:

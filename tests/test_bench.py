@@ -17,7 +17,7 @@ import torch
 from vitlib import bench
 from vitlib.data import synthetic_cifar
 from vitlib.model import ViT, ViTConfig, get_config
-from vitlib.train import TrainConfig, make_optimizer
+from vitlib.train import History, TrainConfig, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,6 +77,30 @@ def test_trainer_row_uses_the_batches_a_split_holds(trainer_runs):
     with pytest.raises(ValueError, match="a batch of 16 images, got 8"):
         bench.trainer_row(config, synthetic_cifar(n_train=8).train, torch.device("cpu"), args,
                           compile_mode=None, attention=None)
+
+
+def test_trainer_row_warms_up_with_compilation_and_times_each_later_epoch(monkeypatch):
+    def epoch(images_per_s, train_time_s):
+        return {"images_per_s": images_per_s, "train_time_s": train_time_s}
+
+    seen = []
+
+    def fake_train(model_config, config, data):
+        seen.append(config)
+        return History(epochs=[epoch(100.0, 2.0), epoch(800.0, 2.02), epoch(1600.0, 2.03)],
+                       compile_s=5.0)
+
+    monkeypatch.setattr(bench, "train", fake_train)
+    config = get_config("vit_cifar_tiny", **bench.SMOKE_MODEL)
+    args = argparse.Namespace(steps=2, batch_size=16, repeats=2)
+    row = bench.trainer_row(config, synthetic_cifar(n_train=64).train, torch.device("cpu"),
+                            args, compile_mode=None, attention=None)
+    [train_config] = seen
+    assert train_config.epochs == 3 and train_config.max_train_samples == 32  # 1 + 2 windows
+    assert row.warmup_s == 7.0  # compiling steps and the first epoch
+    # windows of 16 / 800 and 16 / 1600 s per step: their median is 15 ms
+    assert row.images_per_s == pytest.approx(16 / 0.015)
+    assert row.spread == pytest.approx(0.01 / 0.015)
 
 
 class _Killed(BaseException):
@@ -195,6 +219,101 @@ def test_a_failed_row_makes_the_run_exit_1_and_the_others_are_kept(tmp_path, cap
 def test_rows_skipped_at_the_deadline_are_not_failures(capsys):
     assert bench.main(["--smoke", "--rows", "typical", "--deadline", "1e-9"]) == 0
     assert "typical: skipped, past the" in capsys.readouterr().out
+
+
+class _FakeClock:
+    """time.perf_counter for the bench or the script: advanced by the fake steps and runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_each_window_is_timed_alone_after_the_warmup(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(bench, "synchronize", lambda device: None)
+    seconds = [4.0, 6.0] + [0.5] * 4 + [1.5] * 4  # two compiling steps, then two windows of 4
+
+    def step():
+        clock.now += seconds.pop(0)
+
+    warmup_s, windows = bench.time_steps(step, torch.device("cpu"), warmup=2, steps=4, repeats=2)
+    assert seconds == []  # 2 + 2 × 4 steps
+    assert warmup_s == 10.0 and windows == [0.5, 1.5]  # seconds per step of each window
+
+
+def test_a_row_is_its_median_window_and_the_spread_of_the_windows():
+    row = bench._row("compiled", "c", 64, 12.0, [0.5, 0.25, 2.0])  # seconds per step
+    assert row.images_per_s == 128.0  # 64 images in the median 0.5 s
+    assert row.spread == 3.5  # (2 − 0.25) / 0.5
+    assert (row.batch_size, row.warmup_s) == (64, 12.0)
+
+
+def test_rows_report_their_own_batch_and_the_unprofiled_step_in_pipeline_order(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("timm")
+    monkeypatch.setattr(bench, "time_steps", lambda step, device, warmup, steps, repeats: (
+        3.0, [0.004, 0.002, 0.012]))  # seconds per step: median 4 ms
+    monkeypatch.setattr(bench, "profile_steps", lambda step, device, steps: {
+        "steps": steps, "wall_ms": 9.0, "busy_ms": None, "kernels": 1.0, "kinds": {}, "top": []})
+    drawn = []  # the batch size of the batches each row draws, in the order the rows run
+
+    class Batches(bench.DeviceBatches):
+        def __init__(self, split, batch_size, device, **options):
+            drawn.append(batch_size)
+            super().__init__(split, batch_size, device, **options)
+
+    monkeypatch.setattr(bench, "DeviceBatches", Batches)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--rows", "compiled,timm", "--timm-batch", "8", "--batch-size",
+                       "16", "--profile", "compiled", "--json", str(out)]) == 0
+    assert drawn == [16, 8]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["compiled"]["batch_size"] == 16 and rows["timm"]["batch_size"] == 8
+    assert rows["compiled"]["images_per_s"] == pytest.approx(16 / 0.004)
+    assert rows["timm"]["images_per_s"] == pytest.approx(8 / 0.004)
+    assert rows["compiled"]["spread"] == pytest.approx(2.5)  # (12 − 2) / 4 ms
+    assert rows["compiled"]["warmup_s"] == 3.0
+    assert rows["compiled"]["profile"]["step_ms"] == pytest.approx(4.0)  # not the profiled 9
+    assert rows["timm"]["profile"] is None
+    printed = capsys.readouterr().out
+    table = [line.split() for line in printed[printed.index("pipeline"):].splitlines()[2:]]
+    assert [line[0] for line in table] == ["timm", "compiled"]  # ROWS' order, not the run's
+    assert table[0][2] == "2,000" and table[1][2] == "4,000"
+    assert table[1][5] == "2.00"  # × timm
+
+
+def test_the_deadline_counts_from_the_start_of_the_command(monkeypatch, capsys):
+    # importing timm and loading the data take a time-limited run's time too
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+
+    def slow_timm_version():
+        clock.now += 4.0
+        return None
+
+    real_data = bench.synthetic_cifar
+
+    def slow_data(**sizes):
+        clock.now += 6.0
+        return real_data(**sizes)
+
+    def timed(step, device, warmup, steps, repeats):
+        clock.now += 3.0
+        return 1.0, [0.01]
+
+    monkeypatch.setattr(bench, "_timm_version", slow_timm_version)
+    monkeypatch.setattr(bench, "synthetic_cifar", slow_data)
+    monkeypatch.setattr(bench, "time_steps", timed)
+    # typical starts at 10 s, before the 12 s deadline, and ends at 13 s: too late for compiled
+    assert bench.main(["--smoke", "--rows", " typical, compiled ,", "--deadline", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "typical: 1,600 images/s" in printed  # batch 16 in 10 ms
+    assert "compiled: skipped, past the 12 s deadline" in printed
 
 
 @pytest.mark.parametrize("content, message", [
@@ -459,23 +578,18 @@ def test_a_failed_profile_keeps_the_rows_timing(tmp_path, monkeypatch, capsys):
     assert "fast: profile failed" in capsys.readouterr().out
 
 
-def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkeypatch):
+def _kernel(name, start, end, marked=False, cpu=False):
+    """A profiler event on the device's timeline (µs), or on the CPU's."""
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
 
-    def event(name, start, end, marked=False, device=DeviceType.CUDA):
-        return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end,
-                             device_type=device, is_user_annotation=marked)
+    return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end,
+                         device_type=DeviceType.CPU if cpu else DeviceType.CUDA,
+                         is_user_annotation=marked)
 
-    events = [  # µs on the device's timeline, one step
-        event("sm90_xmma_gemm_bf16bf16", 0, 100),
-        event("triton_poi_fused_gelu_0", 150, 200),  # after 50 µs idle
-        event("## Call CompiledFxGraph fabc ##", 0, 200, marked=True),
-        event("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 300, 340),
-        event("Optimizer.step#AdamW.step", 290, 360, marked=True),
-        event("Context Sync", 340, 400),
-        event("aten::mm", 0, 400, device=DeviceType.CPU),
-    ]
+
+def _profile_of_gpu(monkeypatch, events: list, steps: int) -> dict:
+    """bench.profile_steps of ``steps`` steps on a GPU whose profiler records ``events``."""
 
     class Profile:
         def __init__(self, **options):
@@ -492,7 +606,20 @@ def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkey
 
     monkeypatch.setattr(torch.profiler, "profile", Profile)
     monkeypatch.setattr(bench, "synchronize", lambda device: None)
-    p = bench.profile_steps(lambda: None, torch.device("cuda"), steps=1)
+    return bench.profile_steps(lambda: None, torch.device("cuda"), steps=steps)
+
+
+def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkeypatch):
+    events = [  # µs on the device's timeline, one step
+        _kernel("sm90_xmma_gemm_bf16bf16", 0, 100),
+        _kernel("triton_poi_fused_gelu_0", 150, 200),  # after 50 µs idle
+        _kernel("## Call CompiledFxGraph fabc ##", 0, 200, marked=True),
+        _kernel("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", 300, 340),
+        _kernel("Optimizer.step#AdamW.step", 290, 360, marked=True),
+        _kernel("Context Sync", 340, 400),
+        _kernel("aten::mm", 0, 400, cpu=True),
+    ]
+    p = _profile_of_gpu(monkeypatch, events, steps=1)
     assert p["busy_ms"] == pytest.approx(0.19)  # 100 + 50 + 40 µs
     assert p["kernels"] == 3
     assert p["kinds"] == pytest.approx({"matrix products": 0.1, "compiled (Triton)": 0.05,
@@ -500,6 +627,19 @@ def test_profile_of_a_gpu_counts_kernels_not_the_spans_marked_around_them(monkey
     assert [t["name"][:12] for t in p["top"]] == ["sm90_xmma_ge", "triton_poi_f", "void at::nat"]
     shown = bench.format_profile("fast", p | {"step_ms": 0.4})
     assert "device busy 0.19 ms, idle 0.21 ms (52%)" in shown
+
+
+def test_a_profile_of_several_steps_is_reported_per_step(monkeypatch):
+    events = []  # three steps of 1 ms each: a 600 µs matrix product, 200 µs idle, 200 µs Triton
+    for start in (0, 1000, 2000):
+        events += [_kernel("nvjet_tst_128x64", start, start + 600),
+                   _kernel("triton_poi_fused_gelu_0", start + 800, start + 1000)]
+    p = _profile_of_gpu(monkeypatch, events, steps=3)
+    assert p["steps"] == 3 and p["kernels"] == 2
+    assert p["busy_ms"] == pytest.approx(0.8)
+    assert p["kinds"] == pytest.approx({"matrix products": 0.6, "compiled (Triton)": 0.2})
+    assert [t["calls"] for t in p["top"]] == [1, 1]
+    assert [t["ms"] for t in p["top"]] == pytest.approx([0.6, 0.2])
 
 
 def test_attention_timings_check_every_kernel_against_float64():
@@ -512,6 +652,14 @@ def test_attention_timings_check_every_kernel_against_float64():
     assert bench.pick_attention(broken) == "math"  # fast but wrong loses
     with pytest.raises(RuntimeError, match="no attention kernel"):
         bench.pick_attention({"flash": None})
+
+
+def test_the_fastest_correct_attention_kernel_is_chosen():
+    timings = {"flash": {"ms": 3.0, "error": 4e-3}, "efficient": {"ms": 1.0, "error": 5e-3},
+               "cudnn": None, "math": {"ms": 2.0, "error": 1e-6}}
+    assert bench.pick_attention(timings) == "efficient"
+    timings["efficient"]["error"] = 0.1  # beyond bf16 rounding: wrong
+    assert bench.pick_attention(timings) == "math"
 
 
 def load_script(name: str):
@@ -639,16 +787,6 @@ def test_time_to_accuracy_takes_the_train_commands_recipe_flags(script):
     assert config.repeat_aug == 2 and config.whiten_patches and config.optimizer == "muon"
 
 
-class _FakeClock:
-    """time.perf_counter for the script: advanced by the fake runs."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-
 def test_variants_run_on_top_of_the_recipe_until_the_deadline(script, monkeypatch, tmp_path,
                                                                capsys):
     clock, seen = _FakeClock(), []
@@ -683,6 +821,114 @@ def test_variants_run_on_top_of_the_recipe_until_the_deadline(script, monkeypatc
     assert table[1].split()[:4] == ["recipe", "50.50%", "±", "0.71%"]
     assert table[2].split()[:2] == ["dp", "60.00%"] and table[2].endswith("--drop-path 0.1")
     assert table[3].split() == ["big", "batch", "skipped"]
+
+
+def test_a_run_reports_its_validated_epochs_and_the_weights_best_on_validation(
+    script, tmp_path, monkeypatch
+):
+    def epoch(n, val_acc):  # 10 steps of 64 an epoch, the first 3 compiling (not timed)
+        timed = 7 if n == 1 else 10
+        return {"epoch": n, "step": 10 * n, "train_loss": 1 / n, "val_acc": val_acc,
+                "train_time_s": 2.5 * n, "images_per_s": timed * 64 / 2.5}
+
+    history = script.History(epochs=[epoch(1, None), epoch(2, 0.4), epoch(3, None),
+                                     epoch(4, 0.5)],  # validated every other epoch
+                             compile_s=30.0, stop_reason="epochs",
+                             checkpoint=str(tmp_path / "checkpoint.pt"))
+    final = {"model": {"val": 0.50, "test": 0.60}, "model+flip": {"val": 0.52, "test": 0.70},
+             "ema": {"val": 0.55, "test": 0.52}}
+    monkeypatch.setattr(script, "train", lambda model_config, config, data: history)
+    monkeypatch.setattr(script, "score_variants", lambda checkpoint, data, config: final)
+    monkeypatch.setattr(torch.compiler, "reset", lambda: None)  # nothing compiled here
+    run = script.run_seed(ViTConfig(), TrainConfig(batch_size=64, seed=3, eval_every=2), None,
+                          tmp_path)
+    assert [(p["epoch"], p["val_acc"], p["time_s"]) for p in run["curve"]] == [(2, 0.4, 5.0),
+                                                                              (4, 0.5, 10.0)]
+    assert run["chosen"] == "ema" and run["test_acc"] == 0.52  # best on val, not on test
+    assert (run["seed"], run["train_s"], run["steps"], run["epochs"]) == (3, 10.0, 40, 4)
+    assert run["images_per_s"] == pytest.approx(37 * 64 / 10.0)  # compiling steps left out
+    assert run["compile_s"] == 30.0 and run["stop_reason"] == "epochs"
+
+
+def test_final_scores_evaluate_each_weights_with_and_without_flip_on_val_and_test(
+    script, tmp_path, monkeypatch
+):
+    model_config = ViTConfig(image_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                             num_classes=3)
+    raw, ema = ViT(model_config), ViT(model_config)
+    with torch.no_grad():
+        for model, value in ((raw, 0.0), (ema, 1.0)):
+            for p in model.parameters():
+                p.fill_(value)
+    state = {"model_config": dataclasses.asdict(model_config), "model": raw.state_dict(),
+             "ema": ema.state_dict()}
+    monkeypatch.setattr(script, "load_checkpoint", lambda path: state)
+
+    def evaluate(model, split, precision, tta):  # which weights, which split, which TTA
+        return {"acc": (next(model.parameters()).flatten()[0].item(), len(split), tta)}
+
+    monkeypatch.setattr(script, "evaluate", evaluate)
+    data = synthetic_cifar(n_train=100, n_test=30)
+    config = TrainConfig(val_size=20, device="cpu")  # 20 held out of 100 training images
+    final = script.score_variants(tmp_path / "checkpoint.pt", data, config)
+    assert final == {
+        "model": {"val": (0.0, 20, None), "test": (0.0, 30, None)},
+        "model+flip": {"val": (0.0, 20, "flip"), "test": (0.0, 30, "flip")},
+        "ema": {"val": (1.0, 20, None), "test": (1.0, 30, None)},
+        "ema+flip": {"val": (1.0, 20, "flip"), "test": (1.0, 30, "flip")},
+    }
+    state["ema"] = None  # a run without weight averaging
+    assert set(script.score_variants(tmp_path / "checkpoint.pt", data, config)) == {
+        "model", "model+flip"}
+
+
+def test_seeds_count_up_from_the_first_seed(script, monkeypatch, tmp_path):
+    seen = []
+
+    def fake_run(model_config, config, data, out):
+        seen.append((config.seed, out.relative_to(tmp_path).as_posix()))
+        acc = config.seed / 10
+        return {"seed": config.seed, "test_acc": acc, "chosen": "ema",
+                "final": {"ema": {"val": acc, "test": acc}}, "train_s": 1.0, "steps": 1,
+                "epochs": 1.0, "images_per_s": 1.0, "stop_reason": "epochs", "compile_s": 0.0}
+
+    monkeypatch.setattr(script, "run_seed", fake_run)
+    out = tmp_path / "tta.json"
+    assert script.main(["--smoke", "--seed", "5", "--seeds", "2", "--out", str(tmp_path),
+                        "--json", str(out)]) == 0
+    assert seen == [(5, "seed_5"), (6, "seed_6")]
+    [variant] = json.loads(out.read_text())["variants"]
+    assert [run["seed"] for run in variant["runs"]] == [5, 6]
+    assert variant["test_acc_mean"] == pytest.approx(0.55)
+
+
+def test_a_variants_flags_go_on_top_of_the_command_lines(script):
+    args = script.build_parser().parse_args(
+        ["--recipe", "cifar_fast_30", "--drop-path", "0.1", "--lr", "1e-3",
+         "--variant", "more=--drop-path 0.2", "--variant", "lr = --lr=2e-3"])
+    [(_, _, recipe), (name, flags, more), (lr_name, lr_flags, lr)] = script.parse_variants(
+        args.variant)
+    assert (name, flags, lr_name, lr_flags) == ("more", "--drop-path 0.2", "lr", "--lr=2e-3")
+    model, config = script.settings(args, recipe)
+    assert model.drop_path == 0.1 and config.lr == 1e-3
+    model, config = script.settings(args, more)
+    assert model.drop_path == 0.2 and config.lr == 1e-3  # the variant's flag wins, the rest stay
+    model, config = script.settings(args, lr)
+    assert model.drop_path == 0.1 and config.lr == 2e-3
+
+
+def test_the_comparison_shows_the_chosen_weights_validation_and_mean_speed(script):
+    def run(val, test, speed, epochs):
+        return {"chosen": "ema", "images_per_s": speed, "epochs": epochs,
+                "final": {"ema": {"val": val, "test": test}, "model": {"val": 0.1, "test": 0.9}}}
+
+    variants = [{"name": "recipe", "flags": "", "test_acc_mean": 0.4, "test_acc_std": 0.1414,
+                 "runs": [run(0.40, 0.30, 1000.0, 2.0), run(0.60, 0.50, 3000.0, 4.0)]},
+                {"name": "dp", "flags": "--drop-path 0.1", "runs": []}]
+    lines = script.comparison_table(variants).splitlines()
+    assert lines[1].split() == ["recipe", "40.00%", "±", "14.14%", "50.00%", "2,000", "3.0",
+                                "(the", "recipe)"]
+    assert lines[2].split() == ["dp", "skipped"]
 
 
 @pytest.mark.parametrize(("variant", "message"), [
