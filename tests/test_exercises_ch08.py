@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlib.exercises import ch08
 
@@ -105,6 +106,19 @@ def smoothed_per_image(logits, labels, smoothing):
 def test_smoothed_cross_entropy(wrong):
     assert passes(ch08.check_smoothed_cross_entropy(smoothed_right, quiet=True))
     assert fails_with_hint(ch08.check_smoothed_cross_entropy(wrong, quiet=True))
+
+
+def smoothed_from_float32_targets(logits, labels, smoothing):
+    k = logits.shape[-1]
+    targets = F.one_hot(labels, k).float() * (1 - smoothing) + smoothing / k  # float32
+    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def test_smoothed_cross_entropy_takes_targets_built_in_float32():
+    # the loss reaches the hundreds for large logits: float32 targets round it by about 1e-5
+    for _ in range(20):
+        result = ch08.check_smoothed_cross_entropy(smoothed_from_float32_targets, quiet=True)
+        assert passes(result), result.message
 
 
 def test_smoothed_cross_entropy_says_when_the_gradient_is_missing():

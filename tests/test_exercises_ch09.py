@@ -52,8 +52,28 @@ def ema_run_counts_from_one(weights, decay):
     return ema
 
 
+def ema_run_warmup_only(weights, decay):
+    ema = weights[0].clone()
+    for t, w in enumerate(weights[1:]):
+        d = (1 + t) / (10 + t)  # never capped at decay
+        ema = d * ema + (1 - d) * w
+    return ema
+
+
+def ema_run_lerp(weights, decay):
+    ema = weights[0].clone()
+    for t, w in enumerate(weights[1:]):
+        ema = ema.lerp(w, 1 - min(decay, (1 + t) / (10 + t)))
+    return ema
+
+
+def test_ema_run_other_right_answer():
+    for _ in range(20):
+        assert passes(ch09.check_ema_run(ema_run_lerp, quiet=True))
+
+
 @pytest.mark.parametrize("wrong", [ema_run_no_warmup, ema_run_swapped, ema_run_counts_from_one,
-                                   lambda weights, decay: weights[-1]])
+                                   ema_run_warmup_only, lambda weights, decay: weights[-1]])
 def test_ema_run(wrong):
     assert passes(ch09.check_ema_run(ema_run_right, quiet=True))
     assert fails_with_hint(ch09.check_ema_run(wrong, quiet=True))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vitlib.exercises import ch10
 
@@ -33,8 +34,46 @@ def output_size_rounds_up(size, kernel, stride, padding):
     return -(-(size + 2 * padding - kernel) // stride) + 1
 
 
+def output_size_padding_divided_apart(size, kernel, stride, padding):
+    return (size - kernel) // stride + 2 * padding // stride + 1  # right when stride ≤ 2
+
+
+def output_size_rounds_up_from_stride_3(size, kernel, stride, padding):
+    if stride < 3:
+        return (size + 2 * padding - kernel) // stride + 1
+    return -(-(size + 2 * padding - kernel) // stride) + 1
+
+
+def output_size_padding_at_most_1(size, kernel, stride, padding):
+    return (size + min(padding, 1) + padding - kernel) // stride + 1
+
+
+def output_size_true_division(size, kernel, stride, padding):
+    return int((size + 2 * padding - kernel) / stride) + 1
+
+
+def output_size_ceil_form(size, kernel, stride, padding):
+    return -(-(size + 2 * padding - kernel + 1) // stride)
+
+
+@pytest.mark.parametrize("right", [output_size_right, output_size_true_division,
+                                   output_size_ceil_form])
+def test_conv_output_size_right(right):
+    assert passes(ch10.check_conv_output_size(right, quiet=True))
+
+
+def test_formula_output_size_is_that_of_conv2d():
+    for size, kernel, stride, padding in [(1, 1, 1, 0), (5, 7, 2, 1), (24, 7, 5, 3), (9, 2, 4, 2),
+                                          (13, 3, 3, 1), (2, 5, 1, 3)]:
+        image, weight = torch.zeros(1, 1, size, size), torch.zeros(1, 1, kernel, kernel)
+        want = F.conv2d(image, weight, stride=stride, padding=padding).shape[-1]
+        assert ch10._formula_output_size(size, kernel, stride, padding) == want
+
+
 @pytest.mark.parametrize("wrong", [output_size_one_side_padding, output_size_divides_first,
-                                   output_size_rounds_up])
+                                   output_size_rounds_up, output_size_padding_divided_apart,
+                                   output_size_rounds_up_from_stride_3,
+                                   output_size_padding_at_most_1])
 def test_conv_output_size(wrong):
     assert passes(ch10.check_conv_output_size(output_size_right, quiet=True))
     assert fails_with_hint(ch10.check_conv_output_size(wrong, quiet=True))
@@ -75,8 +114,28 @@ def field_sum_of_kernels(layers):
     return sum(kernel for kernel, _ in layers)
 
 
+def field_skips_1x1_layers(layers):
+    field, jump = 1, 1
+    for kernel, stride in layers:
+        if kernel > 1:  # a 1×1 layer sees nothing new, but its stride still counts
+            field += (kernel - 1) * jump
+            jump *= stride
+    return field
+
+
+def field_top_down(layers):
+    field = 1
+    for kernel, stride in reversed(layers):
+        field = (field - 1) * stride + kernel
+    return field
+
+
+def test_receptive_field_other_right_answer():
+    assert passes(ch10.check_receptive_field(field_top_down, quiet=True))
+
+
 @pytest.mark.parametrize("wrong", [field_ignores_stride, field_stride_too_early,
-                                   field_sum_of_kernels])
+                                   field_sum_of_kernels, field_skips_1x1_layers])
 def test_receptive_field(wrong):
     assert passes(ch10.check_receptive_field(field_right, quiet=True))
     assert fails_with_hint(ch10.check_receptive_field(wrong, quiet=True))
@@ -119,8 +178,12 @@ def counts_dense_one_channel(c_in, c_out, kernel, height, width):
     return conv, (height * width) ** 2 + height * width
 
 
+def counts_square_image(c_in, c_out, kernel, height, width):
+    return counts_right(c_in, c_out, kernel, height, height)
+
+
 @pytest.mark.parametrize("wrong", [counts_without_biases, counts_conv_per_pixel,
-                                   counts_dense_one_channel])
+                                   counts_dense_one_channel, counts_square_image])
 def test_param_counts(wrong):
     assert passes(ch10.check_param_counts(counts_right, quiet=True))
     assert fails_with_hint(ch10.check_param_counts(wrong, quiet=True))
@@ -170,6 +233,29 @@ def test_translation_cases_are_labelled_right():
     with torch.no_grad():
         for what, f, want in ch10._translation_cases(channels=3):
             assert equivariant_right(f, x, (3, 10)) == want, what
+            assert f(x).dtype == torch.float32, what
+
+
+def equivariant_default_tolerance(f, x, shift):
+    moved = f(torch.roll(x, shift, dims=(2, 3)))
+    return torch.allclose(moved, torch.roll(f(x), shift, dims=(2, 3)))
+
+
+def equivariant_exact(f, x, shift):
+    return torch.equal(f(torch.roll(x, shift, dims=(2, 3))), torch.roll(f(x), shift, dims=(2, 3)))
+
+
+def test_translation_equivariance_right_answers_never_fail():
+    # in float32, the rounding of a mean alone fails torch.allclose's default tolerance now
+    # and then; the check's equivariant functions move by one last bit at most
+    for _ in range(100):
+        result = ch10.check_translation_equivariance(equivariant_default_tolerance, quiet=True)
+        assert passes(result), result.message
+
+
+def test_translation_equivariance_refuses_exact_comparison():
+    result = ch10.check_translation_equivariance(equivariant_exact, quiet=True)
+    assert fails_with_hint(result) and "softmax down each column" in result.message
 
 
 # --- low-rank factors -------------------------------------------------------------------------

@@ -72,6 +72,31 @@ def replace_head_unfreezes_everything(model, num_classes):
     return replace_head_right(model, num_classes)
 
 
+def replace_head_width_16(model, num_classes):
+    model.head = nn.Linear(16, num_classes)  # the width of one model, not of every model
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    model.config = dataclasses.replace(model.config, num_classes=num_classes)
+    return model
+
+
+def replace_head_from_old_head(model, num_classes):
+    model.head = nn.Linear(model.head.in_features, num_classes)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    model.config = dataclasses.replace(model.config, num_classes=num_classes)
+    return model
+
+
+def test_replace_head_other_right_answer():
+    assert passes(ch11.check_replace_head(replace_head_from_old_head, quiet=True))
+
+
+def test_replace_head_reads_the_width():
+    result = ch11.check_replace_head(replace_head_width_16, quiet=True)
+    assert fails_with_hint(result) and "embed_dim 24" in result.message
+
+
 @pytest.mark.parametrize(
     "wrong", [replace_head_random_init, replace_head_config_unchanged, replace_head_without_bias,
               replace_head_resets_everything, lambda model, n: None, replace_head_frozen_head,
@@ -155,8 +180,14 @@ def lr_scale_embeddings_like_block0(name, depth, decay):
     return decay ** (depth + 1 - max(layer_of(name, depth), 1))
 
 
+def lr_scale_one_digit_block(name, depth, decay):
+    layer = int(name[len("blocks.")]) + 1 if name.startswith("blocks.") else layer_of(name, depth)
+    return decay ** (depth + 1 - layer)  # blocks.10 read as block 1
+
+
 @pytest.mark.parametrize(
-    "wrong", [lr_scale_off_by_one, lr_scale_reversed, lr_scale_embeddings_like_block0]
+    "wrong", [lr_scale_off_by_one, lr_scale_reversed, lr_scale_embeddings_like_block0,
+              lr_scale_one_digit_block]
 )
 def test_layer_decay(wrong):
     result = ch11.check_layer_decay(wrong, quiet=True)

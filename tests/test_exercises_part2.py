@@ -88,11 +88,41 @@ def resized_linear(shape, new_image_size, patch_size, num_prefix_tokens):
 
 
 def test_equivariance_cases_are_labelled_right():
-    x = torch.randn(2, 8, 16)
+    x = torch.randn(2, 16, 16)
     with torch.no_grad():
-        for what, f, want in ch04._equivariance_cases(dim=16):
-            perm = torch.roll(torch.arange(8), 3)  # every token moves
+        for what, f, want in ch04._equivariance_cases(dim=16, tokens=16):
+            perm = torch.roll(torch.arange(16), 3)  # every token moves
             assert torch.allclose(f(x[:, perm]), f(x)[:, perm], atol=1e-5) == want, what
+            assert f(x).dtype == torch.float32, what
+
+
+def equivariant_default_tolerance(f, x):
+    perm = torch.randperm(x.shape[1])
+    return torch.allclose(f(x[:, perm]), f(x)[:, perm])
+
+
+def equivariant_permutation_matrix(f, x):
+    P = torch.eye(x.shape[1])[torch.randperm(x.shape[1])]  # float32, as x is
+    return torch.allclose(f(P @ x), P @ f(x), atol=1e-5)
+
+
+def equivariant_exact(f, x):
+    perm = torch.randperm(x.shape[1])
+    return torch.equal(f(x[:, perm]), f(x)[:, perm])
+
+
+def test_permutation_equivariance_right_answers_never_fail():
+    # in float32, attention's rounding alone fails torch.allclose's default tolerance about half
+    # of the time; the check's equivariant functions move by one last bit at most
+    for _ in range(30):
+        for right in (equivariant_default_tolerance, equivariant_permutation_matrix):
+            result = ch04.check_permutation_equivariance(right, quiet=True)
+            assert passes(result), (right.__name__, result.message)
+
+
+def test_permutation_equivariance_refuses_exact_comparison():
+    result = ch04.check_permutation_equivariance(equivariant_exact, quiet=True)
+    assert fails_with_hint(result) and "softmax over the tokens" in result.message
 
 
 def resized_float_grid(shape, new_image_size, patch_size, num_prefix_tokens):

@@ -41,16 +41,26 @@ def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False
     )
 
 
-def _equivariance_cases(dim: int) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
-    """(description, function on (B, N, D) tokens, whether it is permutation-equivariant)."""
-    attention = MultiHeadSelfAttention(dim, num_heads=2).eval()
-    block = EncoderBlock(dim, num_heads=2, mlp_hidden=2 * dim).eval()
-    positions = torch.randn(1, 8, dim)
-    tiny_positions = 1e-3 * torch.randn(1, 8, dim)  # equivariance broken by about 1e-4
-    causal = torch.ones(8, 8, dtype=torch.bool).tril()
-    return [
+def _exactly(function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``function`` computed in float64 and rounded back to the input's dtype: shuffling the
+    tokens then changes the float32 result by at most one last bit, so that any sensible
+    tolerance (torch.allclose's default too) sees a truly equivariant function as equivariant,
+    while a change of 1e-4 stays plain to see."""
+    return lambda x: function(x.double()).to(x.dtype)
+
+
+def _equivariance_cases(dim: int, tokens: int = 16
+                        ) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
+    """(description, function on (B, tokens, dim) tokens, whether it is
+    permutation-equivariant)."""
+    attention = MultiHeadSelfAttention(dim, num_heads=2).eval().double()
+    block = EncoderBlock(dim, num_heads=2, mlp_hidden=2 * dim).eval().double()
+    positions = torch.randn(1, tokens, dim, dtype=torch.float64)
+    tiny_positions = 1e-3 * torch.randn(1, tokens, dim, dtype=torch.float64)  # moves ~1e-4
+    causal = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+    cases = [
         ("self-attention without positions", lambda x: attention(x)[0], True),
-        ("a LayerNorm on each token", nn.LayerNorm(dim), True),
+        ("a LayerNorm on each token", nn.LayerNorm(dim).double(), True),
         ("a whole encoder block", block, True),
         ("the mean token copied to every position",
          lambda x: x.mean(dim=1, keepdim=True).expand_as(x), True),
@@ -61,6 +71,10 @@ def _equivariance_cases(dim: int) -> list[tuple[str, Callable[[Tensor], Tensor],
         ("a cumulative sum over the tokens", lambda x: x.cumsum(dim=1), False),
         ("sorting each channel over the tokens", lambda x: x.sort(dim=1).values, False),
     ]
+    return [(what, _exactly(function), want) for what, function, want in cases] + [
+        # in float32: rounding moves the last bits (== fails), but only relative to each value
+        ("a softmax over the tokens (each channel's weights)", lambda x: x.softmax(dim=1), True),
+    ]
 
 
 def check_permutation_equivariance(
@@ -70,18 +84,18 @@ def check_permutation_equivariance(
     permutation ``perm`` of the tokens of x (B, N, D), up to float rounding."""
 
     def test() -> str | None:
-        x = torch.randn(2, 8, 16)
+        x = torch.randn(2, 16, 16)  # 16 tokens: a random order is almost never the same one
         with torch.no_grad():
-            return yes_no_problem("is_equivariant", _equivariance_cases(dim=16),
+            return yes_no_problem("is_equivariant", _equivariance_cases(dim=16, tokens=16),
                                   lambda f: is_equivariant(f, x.clone()))
 
     return check(
         "permutation_equivariance", test,
         "draw perm = torch.randperm(x.shape[1]) and compare f(x[:, perm]) with f(x)[:, perm] "
         "(permute the output too: that is equivariance; comparing with f(x) itself tests "
-        "invariance instead) using torch.allclose(..., atol=1e-5), not ==: summing in another "
-        "order changes the last bits of a float; a looser tolerance misses a small position "
-        "embedding, which moves the outputs by about 1e-4",
+        "invariance instead) using torch.allclose (its default tolerance, or atol=1e-5), not ==: "
+        "summing in another order changes the last bits of a float; a looser tolerance misses a "
+        "small position embedding, which moves the outputs by about 1e-4",
         quiet,
     )
 

@@ -12,8 +12,10 @@ from torch import Tensor
 
 from vitlib.augment import _rectangles, mixup_cutmix, random_crop
 
-from .checking import CheckResult, check, forbidden
+from .checking import CheckResult, check, counted, forbidden
 from .compare import tensor_problem
+
+_STATS_TOLERANCE = 5e-6  # channel statistics: float32 rounding stays far below, float16 above
 
 
 def _seed() -> int:
@@ -68,13 +70,21 @@ def check_channel_stats(channel_stats: Callable[[Tensor], tuple], quiet: bool = 
                 return (f"for {n} images of {size}×{size} (with different brightness) the channel "
                         f"standard deviations are {[round(v, 4) for v in want_std.tolist()]}, "
                         f"you got {[round(v, 4) for v in std.tolist()]}")
+            # float32 is off by 1e-6 at most here; float16 keeps about 3 digits, off by ~1e-4
+            error = max((mean - want_mean).abs().max().item(), (std - want_std).abs().max().item())
+            if error > _STATS_TOLERANCE:
+                return (f"for {n} images of {size}×{size} your means and standard deviations are "
+                        f"close, but off by up to {error:.2g}: far more than float32 rounding. "
+                        "Compute them in float32 or float64 (float16 and bfloat16 keep only 3 or "
+                        "2 significant digits) and return them unrounded")
         return None
 
     return check(
         "channel_stats", test,
         "convert to floats in [0, 1] (images.float() / 255) and reduce over every axis except "
         "the channel one: x.mean(dim=(0, 2, 3)) and x.std(dim=(0, 2, 3), correction=0). Averaging "
-        "one std per image leaves out how much the images differ from each other",
+        "one std per image leaves out how much the images differ from each other; float16 is "
+        "too coarse for statistics",
         quiet,
     )
 
@@ -92,7 +102,8 @@ def check_zero_pad_crop(pad_crop: Callable[[Tensor, int, torch.Generator], Tenso
                                    generator=torch.Generator().manual_seed(seed + 1))
             want = random_crop(images, padding, torch.Generator().manual_seed(seed),
                                padding_mode="zeros")
-            got = pad_crop(images.clone(), padding, torch.Generator().manual_seed(seed))
+            with counted("randint", "random_") as draws:
+                got = pad_crop(images.clone(), padding, torch.Generator().manual_seed(seed))
             what = (f"pad_crop(images of shape {tuple(images.shape)}, padding {padding}, seeded "
                     "generator)")
             problem = tensor_problem(what, got, want, atol=0)
@@ -101,6 +112,11 @@ def check_zero_pad_crop(pad_crop: Callable[[Tensor, int, torch.Generator], Tenso
             if got.dtype != images.dtype:
                 return (f"{what} has dtype {got.dtype}, but the images are {images.dtype}: the "
                         "crop should keep the images' dtype")
+            if len(draws) > 1:  # the same numbers on the CPU, but not from a GPU's generator
+                return (f"{what} gives the right images, but draws the offsets in {len(draws)} "
+                        "calls: draw all 2·B of them in one call, as draw_offsets does. The CPU's "
+                        "generator happens to give the same numbers either way, a GPU's does not, "
+                        "so there separate calls would not match random_crop")
         return None
 
     return check(

@@ -42,8 +42,12 @@ def check_ema_run(ema_run: Callable[[Tensor, float], Tensor], quiet: bool = Fals
     average after the last step, started at row 0, with the trainer's warm-up of the decay."""
 
     def test() -> str | None:
-        for steps, n, decay in ((1, 3, 0.9), (5, 4, 0.99), (random.randint(20, 60), 6, 0.95)):
-            weights = torch.randn(steps + 1, n).cumsum(0)  # a wandering weight vector
+        # the warm-up (1 + t) / (10 + t) stays below decay in the first three runs; it passes
+        # 0.5 at t = 9 and 0.9 at t = 81, where the decay takes over
+        for steps, n, decay in ((1, 3, 0.9), (5, 4, 0.99), (random.randint(20, 60), 6, 0.95),
+                                (12, 3, 0.5), (random.randint(100, 150), 4, 0.9)):
+            # a wandering weight vector, of size about 1 whatever the length of the run
+            weights = torch.randn(steps + 1, n).cumsum(0) / math.sqrt(steps + 1)
             got = ema_run(weights.clone(), decay)
             problem = tensor_problem(
                 f"ema_run(weights of shape {tuple(weights.shape)}, decay={decay})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 
@@ -11,6 +12,23 @@ from torch import Tensor, nn
 
 from .checking import CheckResult, check
 from .compare import int_problem, yes_no_problem
+
+
+def _formula_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """The output size of ``nn.Conv2d`` (no dilation), by the formula of its documentation."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _output_size_problem(conv_output_size: Callable[[int, int, int, int], int], size: int,
+                         kernel: int, stride: int, padding: int, want: int) -> str | None:
+    got = conv_output_size(size, kernel, stride, padding)
+    problem = int_problem(f"conv_output_size({size}, {kernel}, {stride}, {padding})", got)
+    if problem:
+        return problem
+    if got != want:
+        return (f"for size={size}, kernel={kernel}, stride={stride}, padding={padding} "
+                f"nn.Conv2d gives {want} × {want}, you said {got!r}")
+    return None
 
 
 def check_conv_output_size(conv_output_size: Callable[[int, int, int, int], int],
@@ -27,13 +45,18 @@ def check_conv_output_size(conv_output_size: Callable[[int, int, int, int], int]
             image = torch.zeros(1, 1, size, size)
             want = F.conv2d(image, torch.zeros(1, 1, kernel, kernel), stride=stride,
                             padding=padding).shape[-1]
-            got = conv_output_size(size, kernel, stride, padding)
-            problem = int_problem(f"conv_output_size({size}, {kernel}, {stride}, {padding})", got)
+            problem = _output_size_problem(conv_output_size, size, kernel, stride, padding, want)
             if problem:
                 return problem
-            if got != want:
-                return (f"for size={size}, kernel={kernel}, stride={stride}, padding={padding} "
-                        f"nn.Conv2d gives {want} × {want}, you said {got!r}")
+        # then every small case, so that a rounding that is right only for some sizes shows
+        for size, kernel, stride, padding in itertools.product(range(1, 25), range(1, 8),
+                                                               range(1, 6), range(4)):
+            if size + 2 * padding >= kernel:
+                want = _formula_output_size(size, kernel, stride, padding)
+                problem = _output_size_problem(conv_output_size, size, kernel, stride, padding,
+                                               want)
+                if problem:
+                    return problem
         return None
 
     return check(
@@ -68,6 +91,7 @@ def check_receptive_field(receptive_field: Callable[[list[tuple[int, int]]], int
     def test() -> str | None:
         cases = [[(3, 1)], [(3, 1)] * 2, [(3, 1)] * 5, [(5, 1), (3, 1)], [(3, 2), (3, 1)],
                  [(3, 1), (3, 2), (3, 1), (3, 2), (3, 1)], [(4, 4), (3, 1)], [(7, 2), (3, 2)],
+                 [(1, 2), (3, 1)], [(3, 1), (1, 2), (3, 1)], [(3, 3), (3, 3), (2, 1)],
                  [(random.choice([1, 3, 5]), random.randint(1, 2)) for _ in range(4)]]
         for layers in cases:
             want = _measured_receptive_field(layers)
@@ -98,6 +122,7 @@ def check_param_counts(param_counts: Callable[[int, int, int, int, int], tuple[i
 
     def test() -> str | None:
         cases = [(3, 16, 3, 32, 32), (1, 1, 3, 8, 8), (64, 64, 3, 16, 16), (3, 8, 5, 28, 28),
+                 (2, 5, 3, 6, 10), (4, 3, 1, 12, 5),  # images that are not square
                  (random.randint(1, 8), random.randint(1, 32), random.choice([1, 3, 5]),
                   random.randint(4, 40), random.randint(4, 40))]
         for c_in, c_out, kernel, height, width in cases:
@@ -128,19 +153,27 @@ def check_param_counts(param_counts: Callable[[int, int, int, int, int], tuple[i
     )
 
 
+def _exactly(function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``function`` computed in float64 and rounded back to the input's dtype: shifting the
+    image then changes the float32 result by at most one last bit, so that any sensible
+    tolerance (torch.allclose's default too) sees a truly equivariant function as equivariant,
+    while a change of 1e-3 stays plain to see."""
+    return lambda x: function(x.double()).to(x.dtype)
+
+
 def _translation_cases(channels: int) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
     """(description, function on images (B, C, H, W) keeping H and W, whether shifting the input
     with wrap-around shifts the output the same way)."""
-    circular = nn.Conv2d(channels, 4, 3, padding=1, padding_mode="circular")
-    zero_padded = nn.Conv2d(channels, 4, 3, padding=1)
-    position_map = torch.randn(1, 4, 16, 16)
-    tiny_position_map = 1e-3 * torch.randn(1, 4, 16, 16)  # equivariance broken by about 1e-3
-    return [
+    circular = nn.Conv2d(channels, 4, 3, padding=1, padding_mode="circular").double()
+    zero_padded = nn.Conv2d(channels, 4, 3, padding=1).double()
+    position_map = torch.randn(1, 4, 16, 16, dtype=torch.float64)
+    tiny_position_map = 1e-3 * torch.randn(1, 4, 16, 16, dtype=torch.float64)  # moves ~1e-3
+    second = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular").double()
+    cases = [
         ("a 3×3 conv with wrap-around (circular) padding", circular, True),
         ("a ReLU", torch.relu, True),
         ("two circular convs with a ReLU between them",
-         nn.Sequential(circular, nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")),
-         True),
+         nn.Sequential(circular, nn.ReLU(), second), True),
         ("subtracting each channel's mean over the image",
          lambda x: x - x.mean(dim=(2, 3), keepdim=True), True),
         ("a 3×3 conv with zero padding (the borders differ)", zero_padded, False),
@@ -150,6 +183,10 @@ def _translation_cases(channels: int) -> list[tuple[str, Callable[[Tensor], Tens
          lambda x: circular(x) + tiny_position_map, False),
         ("mirroring the image left-right", lambda x: x.flip(-1), False),
         ("a cumulative sum down the rows", lambda x: x.cumsum(dim=2), False),
+    ]
+    return [(what, _exactly(function), want) for what, function, want in cases] + [
+        # in float32: rounding moves the last bits (== fails), but only relative to each value
+        ("a softmax down each column of pixels", lambda x: x.softmax(dim=2), True),
     ]
 
 
@@ -172,7 +209,8 @@ def check_translation_equivariance(
         "shift with torch.roll(x, shift, dims=(2, 3)) (rows and columns, wrapping around), then "
         "compare f of the shifted images with f(x) shifted the same way (shift the output too: "
         "that is equivariance; comparing with f(x) itself tests invariance) using "
-        "torch.allclose(..., atol=1e-5); a looser tolerance misses a small position table",
+        "torch.allclose (its default tolerance, or atol=1e-5), not ==: summing in another order "
+        "changes the last bits of a float; a looser tolerance misses a small position table",
         quiet,
     )
 

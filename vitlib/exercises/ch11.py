@@ -29,10 +29,10 @@ def check_replace_head(
     ``nn.Linear`` head for ``num_classes`` classes and ``config.num_classes`` updated."""
 
     def test() -> str | None:
-        for pool in ("mean", "cls"):
+        for pool, width in (("mean", 16), ("cls", 24)):  # two widths: the head's input is D
             num_classes = random.randint(2, 7)
             torch.manual_seed(random.randint(0, 10_000))
-            model = ViT(_small_config(num_classes=10, pool=pool)).eval()
+            model = ViT(_small_config(num_classes=10, pool=pool, embed_dim=width)).eval()
             if pool == "cls":  # a backbone partly frozen already: it should stay as it is
                 model.patch_embed.requires_grad_(False)
             original = copy.deepcopy(model)
@@ -44,9 +44,10 @@ def check_replace_head(
                 return f"replace_head should return the ViT, got {type(got).__name__}"
             if not isinstance(got.head, nn.Linear):
                 return f"the new head should be an nn.Linear, got {type(got.head).__name__}"
-            if tuple(got.head.weight.shape) != (num_classes, 16):
-                return (f"for {num_classes} classes and embed_dim 16 the head's weight should be "
-                        f"(out, in) = ({num_classes}, 16), got {tuple(got.head.weight.shape)}")
+            if tuple(got.head.weight.shape) != (num_classes, width):
+                return (f"for {num_classes} classes and embed_dim {width} the head's weight "
+                        f"should be (out, in) = ({num_classes}, {width}), got "
+                        f"{tuple(got.head.weight.shape)}")
             if got.head.bias is None or tuple(got.head.bias.shape) != (num_classes,):
                 return (f"the head needs a bias of shape ({num_classes},), one per class: "
                         "nn.Linear(in, out) has one unless bias=False")
@@ -129,7 +130,8 @@ def check_layer_decay(
     the learning rate of the parameter ``name`` in a ViT of ``depth`` blocks."""
 
     def test() -> str | None:
-        cases = [(3, 0.5), (2, 0.75), (random.randint(4, 12), random.uniform(0.5, 0.9))]
+        # 12 blocks: names from blocks.0 to blocks.11, two digits for some
+        cases = [(3, 0.5), (2, 0.75), (12, 0.65), (random.randint(4, 12), random.uniform(0.5, 0.9))]
         for depth, decay in cases:
             model = ViT(_small_config(depth=depth, pool="cls"))
             for name, want in lr_scales(model, decay).items():

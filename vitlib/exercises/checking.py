@@ -88,3 +88,22 @@ def forbidden(what: str, *targets: tuple[object, str]) -> Iterator[None]:
             sys.setprofile(previous)
     if called:
         raise RuntimeError(message(called[0]))
+
+
+@contextmanager
+def counted(*names: str) -> Iterator[list[str]]:
+    """While the block runs, note the name of every call to a builtin function or method called
+    one of ``names`` (for example ``"randint"`` and ``"random_"``: ``torch.randint`` and
+    ``Tensor.random_``), however the code reached it; the list fills up as the calls come."""
+    seen: list[str] = []
+
+    def watch(frame, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", None) in names:
+            seen.append(arg.__name__)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(previous)
