@@ -794,3 +794,186 @@ def test_a_checkpoint_from_before_timed_images_resumes_with_the_epochs_sums(
     torch.save(state, tmp_path / "b" / CHECKPOINT_NAME)
     resumed = train(MODEL, config(tmp_path / "b"), data, resume=tmp_path / "b")
     assert without_timing(resumed) == without_timing(straight)  # each image counted once
+
+
+def test_ema_averages_in_the_weights_after_the_step(data):
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(None, ema_decay=0.9, warmup_epochs=0), data, one)
+    start = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    run._train_step(run.images[:16], run.labels[:16])
+    ema = dict(run.ema.named_parameters())
+    moved = 0
+    for name, param in run.model.named_parameters():  # the first step's decay: 1/10
+        moved += not torch.equal(param, start[name])
+        torch.testing.assert_close(ema[name], 0.1 * start[name] + 0.9 * param.detach(),
+                                   msg=name)
+    assert moved > 0
+
+
+@pytest.mark.parametrize("augment", [
+    AugmentConfig(crop_padding=2, flip=True),
+    AugmentConfig(crop_padding=0, flip=False, mixup_alpha=1.0, cutmix_alpha=1.0),
+], ids=["labels", "mixed targets"])
+def test_an_epochs_loss_and_accuracy_are_means_over_its_images(data, monkeypatch, augment):
+    model = ViT(MODEL)
+    logits, targets = [], []  # of each training step
+    model.register_forward_hook(
+        lambda module, args, out: logits.append(out.detach()) if module.training else None)
+    real_plain_step = train_module._Run._plain_step
+
+    def plain_step(self, inputs, step_targets):
+        targets.append(step_targets)
+        return real_plain_step(self, inputs, step_targets)
+
+    monkeypatch.setattr(train_module._Run, "_plain_step", plain_step)
+    history = train(model, config(None, epochs=1, ema_decay=0.0, augment=augment), data)
+    (record,) = history.epochs
+    assert len(logits) == len(targets) == 25  # 25 steps of 16 images
+    assert all(t.ndim == (2 if augment.mixing else 1) for t in targets)
+    # label smoothing on top of mixing; a mixed image counts as right for its target's top class
+    losses = [torch.nn.functional.cross_entropy(out, t, label_smoothing=0.1).item()
+              for out, t in zip(logits, targets, strict=True)]
+    right = sum(int((out.argmax(-1) == (t.argmax(-1) if t.ndim == 2 else t)).sum())
+                for out, t in zip(logits, targets, strict=True))
+    assert record["train_loss"] == pytest.approx(sum(losses) / 25, rel=1e-5)
+    assert record["train_acc"] == right / 400
+
+
+def test_a_training_subset_is_drawn_from_the_images_left_after_validation(data):
+    def images(split: Split) -> set[bytes]:
+        return {image.numpy().tobytes() for image in split.images}
+
+    train_split, val, test = train_module.split_data(
+        data, config(None, max_train_samples=200, max_eval_samples=16))
+    assert (len(train_split), len(val), len(test)) == (200, 16, 16)
+    full_train, full_val, _ = train_module.split_data(data, config(None))
+    assert len(images(full_train) | images(full_val)) == len(data.train)  # a partition
+    assert images(train_split) <= images(full_train)  # no validation image trains
+    assert images(val) <= images(full_val) and images(test) <= images(data.test)
+
+
+def step_clock(monkeypatch) -> None:
+    """A clock for the trainer that moves one second in each training step (as the step's batch
+    is augmented) and stands still otherwise."""
+    now = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real_call = Augment.__call__
+
+    def call(self, *args, **kwargs):
+        now[0] += 1.0
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Augment, "__call__", call)
+
+
+def test_the_training_clock_leaves_out_the_compiling_steps(data, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda net, **options: net)  # compiles nothing here
+    step_clock(monkeypatch)
+    history = train(MODEL, config(None, epochs=1, compile=True), data)
+    (record,) = history.epochs
+    assert history.compile_s == 3  # the first 3 steps compile
+    assert record["train_time_s"] == 22  # the other 22 steps
+    assert record["images_per_s"] == 16  # 16 images in each of them
+
+
+def test_a_run_resumed_mid_epoch_keeps_its_training_clock(data, tmp_path, monkeypatch):
+    step_clock(monkeypatch)
+    press_ctrl_c_at(monkeypatch, {3})  # stops at step 10's sync
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, config(tmp_path, epochs=1), data)
+    assert load_checkpoint(tmp_path)["progress"]["train_time_s"] == 10
+    history = train(MODEL, config(tmp_path, epochs=1), data, resume=tmp_path)
+    (record,) = history.epochs
+    assert record["train_time_s"] == 25  # 10 s before the break and 15 after
+    assert record["images_per_s"] == 16  # the epoch's 400 images in its 25 s
+
+
+def test_a_run_resumed_after_its_time_budget_trains_no_further(data, tmp_path, monkeypatch):
+    step_clock(monkeypatch)
+    first = train(MODEL, config(tmp_path, epochs=3, time_budget_s=12), data)
+    assert first.stop_reason == "time budget"
+    assert first.epochs[-1]["step"] == 20  # the clock is read every 10 steps
+    again = train(MODEL, config(tmp_path, epochs=3, time_budget_s=12), data, resume=tmp_path)
+    assert again.stop_reason == "time budget" and again.epochs == first.epochs
+    assert load_checkpoint(tmp_path)["progress"]["step"] == 20
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "loss scaling"])
+def test_the_optimizer_steps_with_gradients_clipped_to_grad_clip(data, scaled):
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(None, grad_clip=1e-3), data, one)
+    if scaled:  # fp16's loss scaling (on the CPU here): the clip is for the true gradients
+        run.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    norms = []
+    real_step = run.optimizer.step
+
+    def step(*args, **kwargs):
+        grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return real_step(*args, **kwargs)
+
+    run.optimizer.step = step
+    for start in (0, 16):
+        run._train_step(run.images[start:start + 16], run.labels[start:start + 16])
+    assert norms == pytest.approx([1e-3, 1e-3], rel=1e-3)  # the gradients are far larger
+
+
+def test_the_thread_chooser_keeps_the_faster_count(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    before = torch.get_num_threads()
+    try:
+        for seconds, faster in (({3: 2.0, 1: 1.0}, 1), ({3: 1.0, 1: 2.0}, 3)):
+            torch.set_num_threads(3)
+            chooser = train_module._ThreadChooser(steps=2)  # 3 threads, then 1, twice each
+            first = True
+            while chooser.probing:
+                with chooser.timed_step():
+                    now[0] += seconds[torch.get_num_threads()] + 100.0 * first  # warms up
+                first = False
+            assert chooser.chosen == faster and torch.get_num_threads() == faster
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_each_process_takes_its_own_part_of_each_batch_and_its_own_draws(data, monkeypatch):
+    monkeypatch.setattr(train_module, "DistributedDataParallel",
+                        lambda model, device_ids: model)  # no process group here
+    parts, draws = [], []  # per process: each step's images and its first augmentation draws
+    for rank in (0, 1):
+        two = train_module._Process(rank=rank, world_size=2, device=torch.device("cpu"),
+                                    owns_group=False)
+        run = train_module._Run(MODEL, config(None), data, two)
+        run._check = lambda *args: None  # the processes would agree on stopping here
+        steps = []
+
+        def train_step(images, labels, run=run, steps=steps):
+            steps.append((images, torch.rand(4, generator=run.generator)))
+            run.sums["seen"] += len(labels)
+            run.step += 1
+
+        run._train_step = train_step
+        run._train_epoch(types.SimpleNamespace(requested=False))
+        assert len(steps) == 25
+        parts.append([images for images, _ in steps])
+        draws.append(torch.stack([d for _, d in steps]))
+    order = run._permutation()  # the same in every process
+    for step, (a, b) in enumerate(zip(*parts, strict=True)):
+        assert len(a) == len(b) == 8  # half of the global batch of 16 each
+        assert torch.equal(torch.cat([a, b]), run.images[order[16 * step:16 * (step + 1)]])
+    assert not torch.isclose(draws[0], draws[1]).any()  # augmented independently
+
+
+def test_the_test_split_evaluates_the_ema_weights(data):
+    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                owns_group=False)
+    run = train_module._Run(MODEL, config(None, ema_decay=0.9), data, one)
+    with torch.no_grad():
+        run.model.head.weight.add_(torch.randn_like(run.model.head.weight))  # now they differ
+    run._test()
+    ema, raw = evaluate(run.ema, run.test), evaluate(run.model, run.test)
+    assert run.history.test_loss == pytest.approx(ema["loss"], rel=1e-6)
+    assert run.history.test_acc == ema["acc"]
+    assert run.history.test_loss != pytest.approx(raw["loss"])
