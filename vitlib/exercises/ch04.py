@@ -13,7 +13,7 @@ from vitlib.model import EncoderBlock
 from vitlib.position import resize_pos_embed, sincos_1d
 
 from .checking import CheckResult, check
-from .compare import shape_problem, tensor_problem, yes_no_problem
+from .compare import in_float64, shape_problem, tensor_problem, yes_no_problem
 
 
 def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False) -> CheckResult:
@@ -41,14 +41,6 @@ def check_sincos_1d(sincos: Callable[[Tensor, int], Tensor], quiet: bool = False
     )
 
 
-def _exactly(function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``function`` computed in float64 and rounded back to the input's dtype: shuffling the
-    tokens then changes the float32 result by at most one last bit, so that any sensible
-    tolerance (torch.allclose's default too) sees a truly equivariant function as equivariant,
-    while a change of 1e-4 stays plain to see."""
-    return lambda x: function(x.double()).to(x.dtype)
-
-
 def _equivariance_cases(dim: int, tokens: int = 16
                         ) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
     """(description, function on (B, tokens, dim) tokens, whether it is
@@ -71,7 +63,7 @@ def _equivariance_cases(dim: int, tokens: int = 16
         ("a cumulative sum over the tokens", lambda x: x.cumsum(dim=1), False),
         ("sorting each channel over the tokens", lambda x: x.sort(dim=1).values, False),
     ]
-    return [(what, _exactly(function), want) for what, function, want in cases] + [
+    return [(what, in_float64(function), want) for what, function, want in cases] + [
         # in float32: rounding moves the last bits (== fails), but only relative to each value
         ("a softmax over the tokens (each channel's weights)", lambda x: x.softmax(dim=1), True),
     ]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checking import CheckResult, check
-from .compare import int_problem, yes_no_problem
+from .compare import in_float64, int_problem, yes_no_problem
 
 
 def _formula_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -153,14 +153,6 @@ def check_param_counts(param_counts: Callable[[int, int, int, int, int], tuple[i
     )
 
 
-def _exactly(function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``function`` computed in float64 and rounded back to the input's dtype: shifting the
-    image then changes the float32 result by at most one last bit, so that any sensible
-    tolerance (torch.allclose's default too) sees a truly equivariant function as equivariant,
-    while a change of 1e-3 stays plain to see."""
-    return lambda x: function(x.double()).to(x.dtype)
-
-
 def _translation_cases(channels: int) -> list[tuple[str, Callable[[Tensor], Tensor], bool]]:
     """(description, function on images (B, C, H, W) keeping H and W, whether shifting the input
     with wrap-around shifts the output the same way)."""
@@ -184,7 +176,7 @@ def _translation_cases(channels: int) -> list[tuple[str, Callable[[Tensor], Tens
         ("mirroring the image left-right", lambda x: x.flip(-1), False),
         ("a cumulative sum down the rows", lambda x: x.cumsum(dim=2), False),
     ]
-    return [(what, _exactly(function), want) for what, function, want in cases] + [
+    return [(what, in_float64(function), want) for what, function, want in cases] + [
         # in float32: rounding moves the last bits (== fails), but only relative to each value
         ("a softmax down each column of pixels", lambda x: x.softmax(dim=2), True),
     ]

@@ -10,6 +10,14 @@ import torch
 from torch import Tensor
 
 
+def in_float64(function: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``function`` computed in float64 and rounded back to the input's dtype. Reordering or
+    shifting the input of such a function changes its float32 result by one last bit at most, so
+    any sensible tolerance (torch.allclose's default too) sees an equivariant function as one,
+    while a change of 1e-4 stays plain to see."""
+    return lambda x: function(x.double()).to(x.dtype)
+
+
 def tensor_problem(what: str, got: object, expected: Tensor, atol: float = 1e-5) -> str | None:
     """None when ``got`` is a tensor with ``expected``'s shape and values (within ``atol``),
     else a sentence saying what differs."""
