@@ -163,13 +163,15 @@ def test_crop_offsets_reach_the_full_padding_both_ways():
 
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-def test_crop_matches_padding_then_cropping(mode):
-    images = uint8_batch(32, size=12)
+@pytest.mark.parametrize("height, width", [(12, 12), (6, 14)])  # square or not
+def test_crop_matches_padding_then_cropping(mode, height, width):
+    images = torch.randint(0, 256, (32, 3, height, width), dtype=torch.uint8,
+                           generator=generator(2))
     out = random_crop(images, 3, generator(1), padding_mode=mode)
     padded = F.pad(images.float(), (3, 3, 3, 3), mode="reflect" if mode == "reflect" else
                    "constant")
     for image, source in zip(out.float(), padded, strict=True):
-        crops = [source[:, y : y + 12, x : x + 12] for y in range(7) for x in range(7)]
+        crops = [source[:, y : y + height, x : x + width] for y in range(7) for x in range(7)]
         assert any(torch.equal(image, crop) for crop in crops)
 
 
@@ -191,6 +193,26 @@ def test_trivial_augment_stays_in_range_and_changes_images():
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     changed = (out - x).abs().flatten(1).amax(1) > 1e-3
     assert 20 < changed.sum() < 32  # about 1 in 14 drew the identity
+
+
+def test_trivial_augment_draws_choose_the_op_its_strength_up_to_magnitude_and_its_sign():
+    x = uint8_batch(3).float() / 255
+    brightness = (OPS.index("brightness") + 0.5) / len(OPS)
+    # per image: which op, its strength (a share of magnitude), its sign (below 0.5: negative)
+    draws = torch.tensor([[brightness, 0.5, 0.25], [brightness, 0.5, 0.75], [0.999, 0.5, 0.75]])
+    out = trivial_augment(x, Uniforms(draws), num_ops=1, magnitude=0.5)
+    change = MAX_ENHANCE * 0.5 * 0.5
+    assert torch.allclose(out[0], x[0] * (1 - change))  # darker
+    assert torch.allclose(out[1], (x[1] * (1 + change)).clamp(0, 1))  # brighter
+    last = ops_on(x[2:], OPS[-1], 0.25)[0]  # the last op can be drawn too
+    assert torch.allclose(out[2], last) and not torch.allclose(last, x[2], atol=0.05)
+
+
+def test_trivial_augment_takes_images_of_any_memory_layout():
+    x = uint8_batch(8).float() / 255
+    for layout in (x.transpose(2, 3), x.contiguous(memory_format=torch.channels_last)):
+        expected = trivial_augment(layout.contiguous(), generator(2), num_ops=2)
+        assert torch.equal(trivial_augment(layout, generator(2), num_ops=2), expected)
 
 
 def ops_on(x: torch.Tensor, name: str, strength: float, sign: float = 1.0) -> torch.Tensor:
@@ -227,6 +249,78 @@ def test_ops_by_hand():
     assert equalized.amax() == 1 and (equalized.flatten(2).mean(2) - 0.5).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("name", ["brightness", "contrast", "color"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_enhance_ops_match_pil_on_a_coloured_and_a_dark_image(name, sign):
+    """PIL's ImageEnhance: contrast moves away from each image's own mean luma, colour away
+    from each pixel's luma (0.299 R + 0.587 G + 0.114 B), within PIL's rounding to uint8."""
+    Image = pytest.importorskip("PIL.Image")
+    ImageEnhance = pytest.importorskip("PIL.ImageEnhance")
+    images = uint8_batch(2).clone()
+    images[0, 0] = 150 + images[0, 0] % 106  # reddish: red in [150, 255], blue in [0, 60]
+    images[0, 2] = images[0, 2] % 61
+    images[1] //= 4  # a dark image beside it
+    enhancer = getattr(ImageEnhance, name.capitalize())
+    ours = ops_on(images.float() / 255, name, 1.0, sign) * 255
+    for image, got in zip(images, ours, strict=True):
+        pil = enhancer(Image.fromarray(image.permute(1, 2, 0).numpy()))
+        expected = torch.from_numpy(np.array(pil.enhance(1 + MAX_ENHANCE * sign)))
+        assert (got - expected.permute(2, 0, 1).float()).abs().max() <= 2
+
+
+def test_posterize_drops_the_nearest_whole_number_of_bits():
+    """round(4 · strength) bits dropped: strengths are drawn below 1, and 4 bits are still
+    reached (from strength 7/8 on)."""
+    x = uint8_batch(2).float() / 255
+    levels = (x * 255).round()
+    for strength, dropped in [(0.1, 0), (0.4, 2), (0.9, 4)]:
+        out = ops_on(x, "posterize", strength) * 255
+        expected = torch.div(levels, 2**dropped, rounding_mode="floor") * 2**dropped
+        assert torch.allclose(out, expected, atol=1e-3), strength
+
+
+def test_autocontrast_and_equalize_treat_each_channel_by_itself():
+    x = uint8_batch(2).float() / 255
+    ranges = torch.tensor([[0.2, 0.6], [0.1, 0.9], [0.5, 0.7]])  # another range per channel
+    bottom, top = ranges.T.view(2, 1, 3, 1, 1)
+    x = bottom + x * (top - bottom)
+    low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    assert torch.allclose(ops_on(x, "autocontrast", 1.0), (x - low) / (high - low), atol=1e-5)
+    equalized = ops_on(x, "equalize", 1.0)
+    assert (equalized.amin((2, 3)) == 0).all() and (equalized.amax((2, 3)) == 1).all()
+    for source, image in zip(x.flatten(2).flatten(0, 1), equalized.flatten(2).flatten(0, 1),
+                             strict=True):
+        assert (image[source.argsort()].diff() >= 0).all()  # levels keep their order
+
+
+def test_rotate_turns_by_strength_times_its_maximum_either_way():
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 14:18, 24:28] = 1  # a dot 10 pixels right of the centre (15.5, 15.5)
+    offsets = torch.arange(32.0) - 15.5
+    angles = []
+    for sign in (1.0, -1.0):
+        out = ops_on(x, "rotate", 0.5, sign)[0, 0]  # 15 degrees
+        dy = (out.sum(1) * offsets).sum().item() / out.sum().item()
+        dx = (out.sum(0) * offsets).sum().item() / out.sum().item()
+        assert math.isclose(math.hypot(dy, dx), 10, abs_tol=0.3)
+        angles.append(math.degrees(math.atan2(dy, dx)))
+    assert sorted(angles) == pytest.approx([-15, 15], abs=1)
+
+
+def test_shear_x_slides_rows_and_shear_y_slides_columns():
+    profile = torch.rand(32, generator=generator(6))
+    same_rows = profile.view(1, 1, 32, 1).expand(1, 3, 32, 32).contiguous()  # rows constant
+    same_cols = same_rows.transpose(2, 3).contiguous()
+    middle = slice(12, 20)  # the middle columns (rows) stay inside the image under either shear
+    for sign in (1.0, -1.0):
+        sheared = ops_on(same_rows, "shear_x", 1.0, sign)  # each row slides along itself
+        assert torch.allclose(sheared[..., middle], same_rows[..., middle], atol=1e-5)
+        sheared = ops_on(same_cols, "shear_y", 1.0, sign)
+        assert torch.allclose(sheared[..., middle, :], same_cols[..., middle, :], atol=1e-5)
+    across = ops_on(same_rows, "shear_y", 1.0)[..., middle]
+    assert (across - same_rows[..., middle]).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_sharpness_matches_pil(sign):
     """PIL's ImageEnhance.Sharpness, border included, within its rounding to uint8."""
@@ -249,6 +343,9 @@ def test_geometric_ops_are_per_image():
     assert (out[0, :, :, 32 - shift :] == 0).all()  # filled with black
     assert torch.equal(out[1], x[1])
     assert not torch.allclose(out[2], x[2], atol=0.1)
+    back = _apply_ops(x[:1], op[:1], torch.tensor([strength]), -torch.ones(1))  # the other way
+    assert torch.allclose(back[0, :, :, shift:], x[0, :, :, : 32 - shift], atol=1e-5)
+    assert (back[0, :, :, :shift] == 0).all()
 
 
 # --- mixing ---------------------------------------------------------------------------------
@@ -281,6 +378,45 @@ def test_mixup_and_cutmix_targets(which):
             rows, cols = mask.any(1), mask.any(0)
             assert mask.sum() == rows.sum() * cols.sum()
     assert not torch.allclose(own, torch.ones(b))
+
+
+def test_mixup_draws_a_weight_for_each_image():
+    b, alpha = 2000, 0.8
+    images, labels = constant_images(b), torch.arange(b) % 2  # partner b - 1 - i: other class
+    _, targets = mixup_cutmix(images, labels, 2, mixup_alpha=alpha, generator=generator(5))
+    own = targets[torch.arange(b), labels]
+    assert abs(own.mean().item() - 0.5) < 0.03
+    assert abs(own.var().item() * 4 * (2 * alpha + 1) - 1) < 0.15  # Beta(α, α)'s variance
+
+
+def test_mixing_and_the_choice_of_cutmix_are_drawn_for_each_image():
+    b = 2000
+    images, labels = constant_images(b), torch.arange(b) % 2
+    mixed, _ = mixup_cutmix(images, labels, 2, 0.8, 1.0, prob=0.5, switch_prob=0.3,
+                            generator=generator(7))
+    i = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1)
+    kept = (mixed == i).flatten(1).all(1)
+    one_or_other = ((mixed == i) | (mixed == b - 1 - i)).flatten(1).all(1)
+    assert abs(kept.float().mean().item() - 0.5) < 0.05
+    assert abs((one_or_other & ~kept).float().mean().item() - 0.5 * 0.3) < 0.04  # cutmix
+    assert abs((~one_or_other).float().mean().item() - 0.5 * 0.7) < 0.05  # mixup
+
+
+def test_cutmix_boxes_follow_the_sides_of_images_that_are_not_square():
+    b, H, W = 64, 16, 64
+    images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, H, W)
+    labels = torch.arange(b) % 2
+    beta_draws = torch.rand(b, 32, generator=generator(2))
+    # mixed, and the box centred in the image, where it is never clipped
+    draws = torch.cat([beta_draws, torch.zeros(b, 1), torch.full((b, 2), 0.5)], dim=1)
+    mixed, _ = mixup_cutmix(images, labels, 2, cutmix_alpha=1.0, generator=Uniforms(draws))
+    side = (1 - sample_beta(1.0, b, Uniforms(beta_draws))).sqrt()
+    pasted = mixed[:, 0] != images[:, 0]
+    assert torch.equal(pasted.any(2).sum(1), 2 * (side * H / 2).round().long())  # rows
+    assert torch.equal(pasted.any(1).sum(1), 2 * (side * W / 2).round().long())  # columns
+    mixed, _ = mixup_cutmix(images, labels, 2, cutmix_alpha=1.0, generator=generator(8))
+    pasted = (mixed[:, 0] != images[:, 0]).any(0)  # somewhere in the batch
+    assert pasted[:, 0].any() and pasted[:, -1].any() and pasted[0].any() and pasted[-1].any()
 
 
 def test_rectangles_cover_exactly_their_rows_and_columns():
@@ -324,6 +460,30 @@ def test_beta_samples(alpha):
     assert abs(x.var() / variance - 1) < 0.03
 
 
+def test_functions_keep_a_half_precision_batch_half_precision():
+    x = (uint8_batch(6).float() / 255).to(torch.bfloat16)
+    assert trivial_augment(x, generator(), num_ops=2).dtype == torch.bfloat16
+    for alphas in ({"mixup_alpha": 0.8}, {"cutmix_alpha": 1.0}):
+        mixed, targets = mixup_cutmix(x, torch.arange(6), 6, generator=generator(), **alphas)
+        assert mixed.dtype == torch.bfloat16 and targets.dtype == torch.float32
+    assert random_erasing(x, 1.0, generator()).dtype == torch.bfloat16
+    assert random_crop(x, 4, generator()).dtype == random_flip(x, generator()).dtype == x.dtype
+
+
+def test_no_function_changes_its_input():
+    images = uint8_batch(8)
+    x = images.float() / 255
+    originals = images.clone(), x.clone()
+    random_crop(images, 4, generator(), "zeros")
+    random_flip(images, generator())
+    trivial_augment(x, generator(), num_ops=3)
+    mixup_cutmix(x, torch.arange(8), 8, 0.8, 1.0, generator=generator())
+    random_erasing(x, 1.0, generator())
+    normalize(x)
+    Augment(EVERYTHING, seed=0)(images, torch.arange(8), 10)
+    assert torch.equal(images, originals[0]) and torch.equal(x, originals[1])
+
+
 # --- erasing and normalising ----------------------------------------------------------------
 
 def test_erasing_changes_one_rectangle():
@@ -338,6 +498,14 @@ def test_erasing_changes_one_rectangle():
         area = mask.float().mean()
         assert 0.01 < area < 0.45
     assert torch.equal(random_erasing(images, prob=0.0, generator=generator()), images)
+
+
+def test_erasing_fills_with_the_value_asked_for():
+    images = torch.rand(8, 3, 16, 16, generator=generator())
+    out = random_erasing(images, prob=1.0, generator=generator(), value=-1.0)
+    erased = out != images
+    assert erased.flatten(1).any(1).all()
+    assert (out[erased] == -1).all()
 
 
 def test_erasing_can_reach_every_corner():
@@ -361,6 +529,41 @@ def test_augment_erases_with_the_configured_probability():
     assert torch.equal(out, expected)
     erased = (out != normalize(images)).flatten(1).any(1)
     assert 5 < erased.sum() < 30  # about a quarter of 64
+
+
+def test_augment_mixes_without_trivial_augment():
+    config = AugmentConfig(crop_padding=0, flip=False, mixup_alpha=0.8)
+    images, labels = uint8_batch(8), torch.arange(8)
+    out, targets = Augment(config, seed=0)(images, labels, 10)
+    assert targets.shape == (8, 10)
+    w = targets[torch.arange(8), labels].view(8, 1, 1, 1)  # each image's own share
+    assert not torch.allclose(w, torch.ones(8, 1, 1, 1))
+    x = images.float() / 255
+    assert torch.allclose(out, normalize(w * x + (1 - w) * x.flip(0)), atol=1e-4)
+
+
+def test_augment_passes_its_settings_to_every_step():
+    config = AugmentConfig(crop_padding=2, padding_mode="zeros", num_ops=1, magnitude=0.3,
+                           mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.5,
+                           mix_switch_prob=0.3, erase_prob=0.5)
+    images, labels = uint8_batch(16, size=16), torch.arange(16) % 10
+    augment = Augment(config)
+    draws = torch.rand(16, augment.num_draws(images[:1], labels[:1], 10), generator=generator(4))
+    out, targets = augment.apply(images, labels, draws, 10)
+    u = Uniforms(draws)  # the steps in their documented order, on the same numbers
+    x = random_flip(random_crop(images, 2, u, padding_mode="zeros"), u).float() / 255
+    x = trivial_augment(x, u, num_ops=1, magnitude=0.3)
+    x, expected_targets = mixup_cutmix(x, labels, 10, 0.8, 1.0, prob=0.5, switch_prob=0.3,
+                                       generator=u)
+    assert torch.equal(out, random_erasing(normalize(x), 0.5, u))
+    assert torch.equal(targets, expected_targets)
+
+
+@pytest.mark.parametrize("setting", [{"crop_padding": -1}, {"num_ops": -1},
+                                     {"mixup_alpha": -0.5}, {"cutmix_alpha": -1.0}])
+def test_config_rejects_negative_settings(setting):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AugmentConfig(**setting)
 
 
 def test_normalize():

@@ -48,11 +48,21 @@ def test_setup_seeds_python_numpy_and_torch(capsys):
 def test_pick_device_order(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert course.pick_device().type == "cuda"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert course.pick_device().type == "cuda"  # a CUDA GPU first, even beside MPS
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert course.pick_device().type == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert course.pick_device().type == "cpu"
+
+
+def test_setup_names_the_gpu_it_picked(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Example GPU 80GB")
+    assert course.setup(seed=3).type == "cuda"
+    out = capsys.readouterr().out
+    assert "Example GPU 80GB" in out and "seed 3" in out
 
 
 def test_check_shape_returns_tensor_or_says_what_differs(capsys):
@@ -68,6 +78,11 @@ def test_format_bytes_picks_a_readable_unit():
     assert course.format_bytes(4 * 64 * 64) == "16.0 KiB"
     assert course.format_bytes(4 * 4096**2) == "64.0 MiB"
     assert course.format_bytes(3 * 2**30) == "3.0 GiB"
+    # each unit from its first whole one on
+    assert course.format_bytes(1023) == "1,023 bytes"
+    assert course.format_bytes(1024) == "1.0 KiB"
+    assert course.format_bytes(1024**2) == "1.0 MiB"
+    assert course.format_bytes(1024**3) == "1.0 GiB"
 
 
 # --- load_data ------------------------------------------------------------------------------
@@ -108,13 +123,14 @@ def test_full_mode_downloads_and_raises_when_that_fails(monkeypatch):
     monkeypatch.setattr(vitlib.data, "load_cifar10", no_copy_anywhere)
     with pytest.raises(FileNotFoundError, match="VITLIB_DATA"):
         course.load_data(smoke=False)
-    assert calls[-1]["download"] is True
-    course.load_data(smoke=True)  # falls back instead
-    assert calls[-1]["download"] is False
+    assert calls[-1]["download"] is True and calls[-1]["progress"] is True
+    course.load_data(smoke=True)  # falls back instead, and quietly
+    assert calls[-1]["download"] is False and calls[-1]["progress"] is False
 
 
 def test_real_data_is_loaded_when_present(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("VITLIB_DATA", raising=False)
+    monkeypatch.setenv("VITLIB_CACHE", str(tmp_path / "elsewhere"))  # cache_dir comes first
     for split, count in (("train", 3), ("test", 2)):
         for name in ("circles", "squares"):
             folder = tmp_path / "tiny" / split / name
@@ -125,6 +141,8 @@ def test_real_data_is_loaded_when_present(monkeypatch, tmp_path, capsys):
     assert "made-up" not in capsys.readouterr().out
     assert data.classes == ["circles", "squares"]
     assert (len(data.train), len(data.test)) == (6, 4)
+    assert list((tmp_path / "cache").rglob("*.pt"))  # the cache went where it was asked
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # --- viz ------------------------------------------------------------------------------------
@@ -242,6 +260,11 @@ def test_online_names_what_needed_the_internet():
     with pytest.raises(ValueError):  # other errors are not about the internet
         with course.online("the weights"):
             raise ValueError("a bad file")
+    for error in (ConnectionResetError("reset by peer"), TimeoutError("timed out")):
+        with pytest.raises(RuntimeError, match=type(error).__name__) as caught:
+            with course.online("the model"):
+                raise error
+        assert caught.value.__cause__ is error  # the original stays in the traceback
 
 
 def test_runs_dir_is_the_projects_from_any_folder_in_it(tmp_path, monkeypatch):

@@ -213,16 +213,17 @@ def trivial_augment(
     """TrivialAugment: ``num_ops`` times, each image gets one op from ``OPS`` chosen at random,
     at a random strength in [0, magnitude] (and a random sign for signed ops).
 
-    images: float (B, C, H, W) in [0, 1]. Each op is computed for the whole batch and kept
-    where an image chose it; the geometric ones share one ``grid_sample``.
+    images: float (B, C, H, W) in [0, 1], returned in their dtype (half precision is computed
+    in float32). Each op is computed for the whole batch and kept where an image chose it; the
+    geometric ones share one ``grid_sample``.
     """
-    B, device = len(images), images.device
+    B, device, dtype = len(images), images.device, images.dtype
     for _ in range(num_ops):
         op = _randint(len(OPS), B, device, generator)  # (B,)
         strength = _rand(B, device, generator) * magnitude
         sign = torch.where(_rand(B, device, generator) < 0.5, -1.0, 1.0)
         images = _apply_ops(images, op, strength, sign)
-    return images
+    return images.to(dtype)
 
 
 def _apply_ops(images: Tensor, op: Tensor, strength: Tensor, sign: Tensor) -> Tensor:
@@ -282,7 +283,7 @@ def _autocontrast(images: Tensor) -> Tensor:
 def _equalize(images: Tensor) -> Tensor:
     """Histogram equalisation of each channel of each image over 256 levels."""
     B, C, H, W = images.shape
-    levels = (images * 255).round().long().view(B, C, H * W)
+    levels = (images * 255).round().long().reshape(B, C, H * W)  # any memory layout
     hist = torch.zeros(B, C, 256, device=images.device).scatter_add_(
         2, levels, torch.ones_like(levels, dtype=torch.float32))
     cdf = hist.cumsum(dim=2)  # (B, C, 256)
