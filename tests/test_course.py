@@ -83,6 +83,9 @@ def test_format_bytes_picks_a_readable_unit():
     assert course.format_bytes(1024) == "1.0 KiB"
     assert course.format_bytes(1024**2) == "1.0 MiB"
     assert course.format_bytes(1024**3) == "1.0 GiB"
+    assert course.format_bytes(1024**2 - 1) == "1.0 MiB"  # not "1,024.0 KiB"
+    assert course.format_bytes(1024**3 - 1) == "1.0 GiB"
+    assert course.format_bytes(1023.7) == "1.0 KiB"
 
 
 # --- load_data ------------------------------------------------------------------------------

@@ -87,11 +87,11 @@ def check_shape(x: torch.Tensor, expected: tuple[int, ...], what: str = "tensor"
 
 def format_bytes(n: float) -> str:
     """A byte count in readable units: '512 bytes', '4.0 KiB', '1.5 MiB', '2.0 GiB'."""
-    if n < 1024:
+    if round(n) < 1024:  # the unit is chosen by the number as printed
         return f"{n:,.0f} bytes"
     for unit in ["KiB", "MiB"]:
         n /= 1024
-        if n < 1024:
+        if round(n, 1) < 1024:
             return f"{n:,.1f} {unit}"
     return f"{n / 1024:,.1f} GiB"
 
