@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, safe loading, clear errors for files that are not ours."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,4 +172,112 @@ def test_pickled_code_is_not_executed(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "vitlib-checkpoint", "version": 1, "x": Payload()}, path)
     with pytest.raises(ValueError, match="not a readable vitlib checkpoint"):
+        load_checkpoint(path)
+
+
+def test_temporary_file_is_written_next_to_the_checkpoint(tmp_path, monkeypatch):
+    # a rename is atomic only within one file system, so the temporary file shares the folder
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renames.append((Path(src).parent, Path(dst).parent))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(model_state(0), tmp_path / "run" / CHECKPOINT_NAME)
+    assert renames == [(tmp_path / "run", tmp_path / "run")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files via /proc")
+def test_temporary_file_is_closed_before_the_rename(tmp_path, monkeypatch):
+    # some systems (Windows) cannot rename a file that is still open
+    still_open = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        fds = os.listdir("/proc/self/fd")
+        targets = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in fds}
+        still_open.append(os.path.realpath(src) in targets)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(model_state(0), tmp_path / CHECKPOINT_NAME)
+    assert still_open == [False]
+
+
+def test_load_checkpoint_puts_tensors_on_map_location(tmp_path):
+    path = save_checkpoint(model_state(0), tmp_path / CHECKPOINT_NAME)
+    state = load_checkpoint(path, map_location="meta")  # "meta" stands in for a GPU
+    assert {t.device.type for t in state["model"].values()} == {"meta"}
+
+
+def test_load_model_moves_the_model_to_map_location(tmp_path, monkeypatch):
+    save_checkpoint(model_state(0), tmp_path / CHECKPOINT_NAME)
+    targets = []
+    real_to = ViT.to
+
+    def to(self, *args, **kwargs):
+        targets.append(args or tuple(kwargs.values()))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(ViT, "to", to)
+    load_model(tmp_path, map_location=torch.device("cpu"))
+    assert (torch.device("cpu"),) in targets
+
+
+def test_run_folder_resolves_to_its_checkpoint_among_other_files(tmp_path):
+    for name, seed in (("a.pt", 1), ("best.pt", 2), (CHECKPOINT_NAME, 3)):
+        save_checkpoint(model_state(seed), tmp_path / name)
+    assert resolve_checkpoint(tmp_path) == tmp_path / CHECKPOINT_NAME
+    assert torch.equal(load_model(tmp_path).head.weight, model_state(3)["model"]["head.weight"])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / CHECKPOINT_NAME).mkdir()  # a folder of that name is no checkpoint
+    with pytest.raises(FileNotFoundError, match=f"without a {CHECKPOINT_NAME}"):
+        resolve_checkpoint(tmp_path / "other")
+
+
+def test_paths_may_start_at_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = check_out_dir("~/runs/mine")
+    assert out == tmp_path / "runs" / "mine" and out.is_dir()
+    save_checkpoint(model_state(0), out / CHECKPOINT_NAME)
+    assert resolve_checkpoint("~/runs/mine") == out / CHECKPOINT_NAME
+    assert resolve_checkpoint(f"~/runs/mine/{CHECKPOINT_NAME}") == out / CHECKPOINT_NAME
+
+
+def test_check_out_dir_refuses_a_folder_it_cannot_write(tmp_path):
+    out = tmp_path / "read-only"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        if os.access(out, os.W_OK):  # the superuser writes anyway: take a read-only system folder
+            if not os.path.isdir("/proc/self"):
+                pytest.skip("no folder here refuses writes")
+            out = Path("/proc")
+        with pytest.raises(ValueError, match="cannot write checkpoints into"):
+            check_out_dir(out)
+    finally:
+        (tmp_path / "read-only").chmod(0o700)
+
+
+def test_check_out_dir_refuses_no_folder_at_all():
+    with pytest.raises(ValueError, match="empty text"):
+        check_out_dir("")
+
+
+def test_check_out_dir_keeps_an_existing_checkpoint(tmp_path):
+    path = save_checkpoint(model_state(0), tmp_path / CHECKPOINT_NAME)
+    before = path.read_bytes()
+    assert check_out_dir(tmp_path) == tmp_path  # a resumed run checks its folder again
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [CHECKPOINT_NAME]
+
+
+def test_checkpoints_of_an_older_layout_or_another_format_are_refused(tmp_path):
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"format": "vitlib-checkpoint", "version": 0, **model_state(0)}, path)
+    with pytest.raises(ValueError, match="layout version 0, this vitlib reads version 1"):
+        load_checkpoint(path)
+    torch.save({"format": "other-checkpoint", "version": 1, **model_state(0)}, path)
+    with pytest.raises(ValueError, match="not a vitlib checkpoint"):
         load_checkpoint(path)

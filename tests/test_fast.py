@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 import vitlib
-from vitlib.fast import TrainStep, attention_backend, bf16_forward, synchronize, update_ema
+from vitlib.attention import use_flex_attention
+from vitlib.fast import (
+    COMPILE_MODES,
+    TrainStep,
+    attention_backend,
+    bf16_forward,
+    synchronize,
+    update_ema,
+    widest_float,
+)
 
 
 def _model(seed: int = 0) -> vitlib.ViT:
@@ -169,3 +178,126 @@ def test_timings_wait_for_the_device_that_ran_the_work(monkeypatch):
     for name in ("cpu", "cuda", "mps"):
         synchronize(torch.device(name))
     assert waited == ["cuda", "mps"]
+
+
+def _sdpa_kernels_allowed() -> set[str]:
+    allowed = {
+        "flash": torch.backends.cuda.flash_sdp_enabled(),
+        "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+        "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+        "math": torch.backends.cuda.math_sdp_enabled(),
+    }
+    return {name for name, on in allowed.items() if on}
+
+
+def test_attention_backend_allows_only_the_named_sdpa_kernel():
+    before = _sdpa_kernels_allowed()
+    for name in ("flash", "efficient", "cudnn", "math"):
+        with attention_backend(name):
+            assert _sdpa_kernels_allowed() == {name}
+        assert _sdpa_kernels_allowed() == before
+    with attention_backend(None):
+        assert _sdpa_kernels_allowed() == before
+
+
+def test_named_kernel_overrides_an_outer_flex_attention_and_none_keeps_it(monkeypatch):
+    import torch.nn.attention.flex_attention as flex_module
+
+    calls = []
+
+    def flex(q, k, v, *args, **kwargs):  # FlexAttention's numbers, without compiling it here
+        calls.append(q.shape)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    monkeypatch.setattr(flex_module, "flex_attention", flex)
+    model, (images, _) = _model(), _batch(2)
+    with torch.no_grad():
+        with attention_backend("flex"):
+            model(images)
+        assert len(calls) == 2  # one per block
+        with use_flex_attention(), attention_backend("math"):
+            model(images)
+        assert len(calls) == 2
+        with use_flex_attention(), attention_backend(None):  # None keeps the outer choice
+            model(images)
+        assert len(calls) == 4
+
+
+def test_each_precision_runs_the_head_in_its_dtype():
+    expected = {"fp32": torch.float32, "autocast": torch.bfloat16, "bf16": torch.bfloat16}
+    seen = []
+    for precision in expected:
+        model = _model()
+        model.head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                  precision=precision, compile_mode=None)(*_batch())
+    assert seen == list(expected.values())
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(monkeypatch):
+    compiled, marks = [], []
+
+    def compile(fn, mode=None, **kwargs):
+        compiled.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode in (None, *COMPILE_MODES):
+        compiled.clear()
+        marks.clear()
+        model = _model()
+        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                         precision="fp32", compile_mode=mode)
+        step(*_batch(2))
+        step(*_batch(2))
+        assert compiled == ([] if mode is None else [mode])
+        # PyTorch's "reduce-overhead" and "max-autotune" replay CUDA graphs
+        assert len(marks) == (2 if mode in ("reduce-overhead", "max-autotune") else 0), mode
+
+
+def test_bf16_forward_leaves_integer_buffers_integer():
+    class Gather(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+            self.register_buffer("index", torch.tensor([2, 0]))
+
+        def forward(self, x):
+            return self.linear(x)[:, self.index]
+
+    model = Gather()
+    x = torch.randn(5, 4)
+    out = bf16_forward(model, x)
+    assert out.dtype == torch.bfloat16 and model.index.dtype == torch.long
+    torch.testing.assert_close(out.float(), model.linear(x)[:, [2, 0]], atol=0.05, rtol=0.05)
+
+
+def test_flex_attention_is_refused_off_cuda_on_any_device():
+    model = _model().to("meta")  # "meta" stands in for another accelerator (Apple's MPS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="flex.*CUDA only"):
+        TrainStep(model, optimizer, 10, attention="flex")
+
+
+def test_widest_float_is_float32_only_where_float64_is_missing():
+    assert widest_float(torch.device("cpu")) == torch.float64
+    assert widest_float(torch.device("cuda")) == torch.float64
+    assert widest_float(torch.device("mps")) == torch.float32  # Apple's GPUs have no float64
+
+
+def test_integer_labels_mean_the_configured_number_of_classes():
+    images, _ = _batch(4)
+    labels = torch.tensor([0, 1, 1, 0])  # the batch holds none of classes 2..9
+    model = _model()
+    expected = F.cross_entropy(model(images), labels).item()
+    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), 10,
+                     precision="fp32", compile_mode=None)
+    assert step(images, labels)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_timings_wait_for_the_named_gpu(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    synchronize(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]

@@ -176,3 +176,63 @@ def test_resampled_kernel_is_the_least_squares_match_for_a_smaller_patch():
     assert resample_patch_kernel(kernel, 16) is kernel
     with pytest.raises(ValueError, match="square kernel"):
         resample_patch_kernel(kernel[..., :8], 4)
+
+
+def test_freeze_accepts_a_single_name():
+    model = small_vit()
+    freeze(model, "head")  # a name, not a sequence of its letters
+    assert set(trainable_parameters(model)) == {"head.weight", "head.bias"}
+
+
+def test_adapt_input_keeps_frozen_parameters_frozen():
+    model = freeze(small_vit(), ("head",))  # a linear probe
+    adapt_input(model, 32, patch_size=8)
+    assert set(trainable_parameters(model)) == {"head.weight", "head.bias"}
+    model = freeze(small_vit(), ("patch_embed.proj.bias", "pos_embed"))
+    adapt_input(model, 32, patch_size=8)
+    assert set(trainable_parameters(model)) == {"patch_embed.proj.bias", "pos_embed"}
+
+
+def test_adapt_input_keeps_the_models_dtype():
+    # bfloat16 on the CPU stands in for a model in bfloat16 on a GPU
+    model = adapt_input(small_vit().to(torch.bfloat16), 32, patch_size=8)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_adapted_patch_embedding_cuts_images_into_the_new_patches():
+    model = small_vit(image_size=64, patch_size=16)
+    adapt_input(model, 24, patch_size=4)  # 24 pixels: a multiple of 4, not of 16
+    assert model.patch_embed.patch_size == 4
+    images = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        tokens = model.patch_embed(images)
+    assert tokens.shape == (2, 36, 16)
+    weight, bias = model.patch_embed.proj.weight, model.patch_embed.proj.bias
+    first = torch.einsum("dcij,bcij->bd", weight, images[:, :, :4, :4]) + bias
+    torch.testing.assert_close(tokens[:, 0], first)
+
+
+def test_failed_adapt_input_leaves_the_model_unchanged():
+    model = small_vit()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with pytest.raises(ValueError, match="not divisible"):
+        adapt_input(model, 30, patch_size=8)  # 30 pixels do not split into 8-pixel patches
+    assert model.config == small_vit().config and model.patch_embed.patch_size == 4
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], t) for name, t in before.items())
+
+
+def test_resample_patch_kernel_rejects_an_empty_patch():
+    with pytest.raises(ValueError, match="patch_size"):
+        resample_patch_kernel(torch.randn(2, 3, 4, 4), 0)
+
+
+def test_low_precision_kernel_is_resampled_at_full_precision_and_rounded_once():
+    torch.manual_seed(2)
+    kernel = torch.randn(4, 3, 8, 8).to(torch.bfloat16)
+    for size in (4, 16):
+        exact = resample_patch_kernel(kernel.double(), size)  # the same values, in float64
+        assert torch.equal(resample_patch_kernel(kernel, size), exact.to(torch.bfloat16))

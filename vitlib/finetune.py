@@ -106,6 +106,8 @@ def adapt_input(model: ViT, image_size: int, patch_size: int | None = None) -> V
         with torch.no_grad():
             new.weight.copy_(resample_patch_kernel(old.weight, patch_size))
             new.bias.copy_(old.bias)
+        new.weight.requires_grad_(old.weight.requires_grad)  # frozen stays frozen
+        new.bias.requires_grad_(old.bias.requires_grad)
         embed.proj, embed.patch_size = new, patch_size
     model.config = config
     model.set_image_size(image_size)  # resizes the table it holds to config's grid
