@@ -356,6 +356,14 @@ def test_second_load_reads_the_cache(tmp_path, cache, monkeypatch):
         load_cifar10(archive, cache_dir=cache)
 
 
+def test_loaded_data_records_where_it_came_from(tmp_path, cache):
+    write_batches(tmp_path / "b")
+    decoded = load_cifar10(tmp_path / "b", cache_dir=cache)
+    cached = load_cifar10(tmp_path / "b", cache_dir=cache)
+    assert decoded.source == cached.source == str((tmp_path / "b").resolve())
+    assert synthetic_cifar(8, 8).source == "made-up images"
+
+
 def test_cache_keeps_one_file_per_source(tmp_path, cache):
     for folder in ("x", "y"):  # two sources of the same name
         write_batches(tmp_path / folder / "b")

@@ -171,6 +171,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
             in out)
     assert load_checkpoint(tmp_path)["progress"] == {
         "epoch": 1, "batch": 0, "step": 25, "world_size": 1, "train_images": 400,
+        "train_source": "made-up images",
         "train_time_s": load_checkpoint(tmp_path)["progress"]["train_time_s"],
     }
 

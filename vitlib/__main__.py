@@ -388,17 +388,21 @@ def _training_data_note(path: str | os.PathLike, available: int, source: str | N
     if not isinstance(trained, int) or trained == usable:
         return None
     data = f" --data {shlex.quote(source)}" if source is not None else ""
+    recorded = progress.get("train_source")  # recorded since 2026-12-03
+    images = f"{trained:,} {recorded}" if recorded == "made-up images" else (
+        f"{trained:,} images of {recorded}" if recorded else f"{trained:,} images")
     if all(config.get(k) == SMOKE_TRAIN[k] for k in ("max_train_samples", "max_eval_samples")):
+        made_up = "" if recorded else " (made-up ones unless it was given --data)"
         return (f"note: this checkpoint is from a --smoke run, a quick check trained on "
-                f"{trained:,} images (made-up ones unless it was given --data), not on the "
-                f"{available:,} training images of this data, so a low accuracy here is expected; "
-                f"to train a real model run `python -m vitlib train{data}`")
+                f"{images}{made_up}, not on the {available:,} training images of this data, "
+                f"so a low accuracy here is expected; to train a real model run "
+                f"`python -m vitlib train{data}`")
     if subset is not None and trained < usable:
-        return (f"note: this checkpoint was trained on only {trained:,} images "
+        return (f"note: this checkpoint was trained on only {images} "
                 f"(--max-train-samples {subset}), not on the {available:,} training images of "
                 f"this data, so a low accuracy here is expected; to train on all of them run "
                 f"`python -m vitlib train{data}` without --max-train-samples")
-    return (f"note: this checkpoint was trained on {trained:,} images, and this data has "
+    return (f"note: this checkpoint was trained on {images}, and this data has "
             f"{available:,} training images: it was trained on other data (or another split); "
             f"evaluate it with the --data it was trained on, or train on this data with "
             f"`python -m vitlib train{data}`")

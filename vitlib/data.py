@@ -29,7 +29,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,7 @@ class CIFAR10:
     train: Split
     test: Split
     classes: list[str]
+    source: str = ""  # where the images came from (a path, or "made-up images"), for records
 
     @property
     def num_classes(self) -> int:
@@ -231,7 +232,7 @@ def load_cifar10(
     cache_file = _cache_file(kind, path, cache_dir)
     if cache_file.is_file():
         try:
-            return _read_cache(cache_file)
+            return replace(_read_cache(cache_file), source=str(path.resolve()))
         except Exception as err:  # a damaged cache is rebuilt, not fatal
             warnings.warn(f"ignoring unreadable cache {cache_file} ({err}); decoding again",
                           stacklevel=2)
@@ -243,7 +244,7 @@ def load_cifar10(
     else:
         data = _from_archive(path, progress)
     _write_cache(cache_file, data)
-    return data
+    return replace(data, source=str(path.resolve()))
 
 
 def _locate(path: Path, download: bool, from_env: bool) -> tuple[str, Path]:
@@ -798,4 +799,5 @@ def synthetic_cifar(
         images = images + 0.08 * torch.randn(images.shape, generator=generator)
         return Split((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
-    return CIFAR10(make(n_train), make(n_test), [f"pattern {c}" for c in range(num_classes)])
+    return CIFAR10(make(n_train), make(n_test), [f"pattern {c}" for c in range(num_classes)],
+                   source="made-up images")

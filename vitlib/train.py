@@ -563,6 +563,7 @@ class _Run:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.num_classes = data.num_classes
+        self.source = data.source  # recorded in checkpoints, for whoever evaluates them
 
         torch.manual_seed(config.seed)  # the same initial weights in every process
         if isinstance(model, ViTConfig):
@@ -684,7 +685,7 @@ class _Run:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "progress": {"epoch": self.epoch, "batch": self.batch, "step": self.step,
                          "train_time_s": self.train_time, "world_size": self.proc.world_size,
-                         "train_images": len(self.images)},
+                         "train_images": len(self.images), "train_source": self.source},
             "epoch_sums": {k: v.cpu() for k, v in self._sums_of_all_processes().items()},
             "rng": rngs,
             "history": self.history.to_dict(),
