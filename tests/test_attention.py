@@ -237,3 +237,79 @@ def test_attention_dropout_in_training_is_not_skipped_by_the_flex_switch(flex_ca
         attn.eval()
         attn(x)
         assert flex_calls
+
+
+def test_scores_are_scaled_by_the_query_key_width_not_the_value_width():
+    torch.manual_seed(6)
+    q, k = torch.randn(2, 5, 4, dtype=torch.float64).unbind(0)  # d = 4: scale 1/2
+    v = torch.randn(5, 16, dtype=torch.float64)  # dv = 16
+    out, attn = scaled_dot_product_attention(q, k, v)
+    expected = torch.exp(q @ k.T / 2)
+    expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(attn, expected)
+    torch.testing.assert_close(out, expected @ v)
+
+
+def test_qkv_bias_can_be_switched_off():
+    torch.manual_seed(7)
+    attn = MultiHeadSelfAttention(16, 2, qkv_bias=False).eval()
+    assert attn.qkv.bias is None
+    # zero tokens give zero queries, keys and values: only the output bias is left
+    out = attn(torch.zeros(1, 3, 16))[0]
+    torch.testing.assert_close(out, attn.proj.bias.detach().expand(1, 3, 16))
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_dropout_drops_attention_weights_not_output_features(need_weights):
+    torch.manual_seed(8)
+    heads, head_dim, tokens = 2, 8, 6
+    attn = MultiHeadSelfAttention(heads * head_dim, heads, attn_dropout=0.5).train()
+    with torch.no_grad():  # output projection = identity, so the heads' outputs show directly
+        attn.proj.weight.copy_(torch.eye(heads * head_dim))
+        attn.proj.bias.zero_()
+    # identical tokens: every weight is 1/6 and every value row is the same v
+    x = torch.randn(1, 1, heads * head_dim).expand(32, tokens, -1)
+    v = attn.qkv(x[:1, :1])[0, 0, 2 * heads * head_dim:].detach().view(heads, head_dim)
+    with torch.no_grad():
+        out = attn(x, need_weights=need_weights)[0].view(32, tokens, heads, head_dim)
+    # dropping weights (kept ones ×2) gives (kept/6)·2·v: each head's output is a multiple of
+    # its v by 0, 1/3, ..., 2; dropping output features would zero single entries instead
+    ratio = out / v
+    torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))
+    thirds = 3 * ratio[..., 0]
+    torch.testing.assert_close(thirds, thirds.round(), atol=1e-4, rtol=0)
+    assert (thirds < 5.5).any()  # some weights were dropped
+
+
+def test_projection_dropout_acts_on_the_projected_output():
+    torch.manual_seed(9)
+    attn = MultiHeadSelfAttention(16, 2, proj_dropout=0.5)
+    x = torch.randn(4, 5, 16)
+    with torch.no_grad():
+        expected = attn.eval()(x)[0]
+        out = attn.train()(x)[0]
+    # each output entry is dropped or kept and doubled
+    zeros = out == 0
+    assert 0.3 < zeros.float().mean() < 0.7
+    torch.testing.assert_close(out[~zeros], 2 * expected[~zeros])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_mask_holds_on_every_attention_path():
+    torch.manual_seed(10)
+    ours = MultiHeadSelfAttention(16, 2).eval()
+    ref = nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.proj.weight)
+        ref.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(2, 5, 16)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()  # True: may attend
+    with torch.no_grad():
+        expected = ref(x, x, x, attn_mask=~causal, need_weights=False)[0]  # True: may not
+        torch.testing.assert_close(ours(x, causal)[0], expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours(x, causal, need_weights=True)[0], expected,
+                                   atol=1e-6, rtol=1e-5)
+        with use_flex_attention():
+            torch.testing.assert_close(ours(x, causal)[0], expected, atol=1e-6, rtol=1e-5)

@@ -11,6 +11,7 @@ from vitlib import (
     EncoderBlock,
     ViT,
     ViTConfig,
+    config_dict,
     count_parameters,
     create_model,
     flops_per_image,
@@ -240,3 +241,152 @@ def test_residual_stream_is_stored_token_by_token(pool):
     tokens = model.embed(torch.randn(2, 3, 16, 16))
     assert tokens.is_contiguous()
     assert model.blocks[0](tokens).is_contiguous()
+
+
+def test_weights_start_as_in_the_reference_vit():
+    # truncated normal (std 0.02) for every linear map and the patch projection, zero biases,
+    # LayerNorms at identity, position table of std 0.02, class token almost zero
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL | dict(embed_dim=64), pool="cls"))
+    linears = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert len(linears) == 1 + 2 * 4 + 1  # patches, per block qkv, proj, fc1, fc2, head
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.2)
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1
+    for m in norms:
+        assert torch.equal(m.weight, torch.ones_like(m.weight))
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.2)
+    assert 0 < model.cls_token.abs().max() < 1e-4
+
+
+def test_imagenet_presets_have_the_published_shapes():
+    # ViT-B/16 (Dosovitskiy et al.), DeiT-Ti and DeiT-S: width, depth, heads; MLP 4× wide
+    shapes = {"vit_ti_16": (192, 12, 3), "vit_s_16": (384, 12, 6), "vit_b_16": (768, 12, 12)}
+    for name, (width, depth, heads) in shapes.items():
+        c = get_config(name)
+        assert (c.embed_dim, c.depth, c.num_heads) == (width, depth, heads)
+        assert (c.image_size, c.patch_size, c.num_classes, c.pool) == (224, 16, 1000, "cls")
+        assert c.mlp_hidden == 4 * width
+    with torch.device("meta"):  # no memory for the weights
+        assert count_parameters(create_model("vit_b_16")) == 86_567_656  # "86M"
+
+
+def test_no_classes_gives_the_pooled_features():
+    torch.manual_seed(0)
+    for pool in ("mean", "cls"):
+        model = ViT(ViTConfig(**SMALL | dict(num_classes=0), pool=pool)).eval()
+        x = torch.randn(2, 3, 16, 16)
+        features = model(x)
+        assert features.shape == (2, 32)
+        tokens = model.forward_features(x)
+        torch.testing.assert_close(features, tokens[:, 0] if pool == "cls" else tokens.mean(1))
+
+
+def test_dropout_settings_reach_embeddings_attention_and_mlp():
+    config = ViTConfig(**SMALL, dropout=0.5, attn_dropout=0.25)
+    model = ViT(config)
+    for block in model.blocks:
+        assert block.attn.attn_dropout == 0.25
+        assert block.attn.proj_drop.p == 0.5 and block.mlp.drop.p == 0.5
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = model.eval().embed(x)
+        tokens = model.train().embed(x)  # each entry dropped, or kept and doubled
+        zeros = tokens == 0
+        assert 0.4 < zeros.float().mean() < 0.6
+        torch.testing.assert_close(tokens[~zeros], 2 * expected[~zeros])
+        hidden = torch.randn(4, 5, 32)
+        assert 0.4 < (model.blocks[0].mlp(hidden) == 0).float().mean() < 0.6
+
+
+def test_every_layer_norm_uses_the_configured_eps():
+    model = ViT(ViTConfig(**SMALL, norm_eps=1e-12))
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and all(m.eps == 1e-12 for m in norms)
+
+
+def test_attention_maps_are_softmax_of_each_blocks_normalised_queries_and_keys():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL)).eval()
+    with torch.no_grad():  # sharper than the near-uniform start, and non-trivial norms
+        for block in model.blocks:
+            block.attn.qkv.weight.normal_(std=0.3)
+            block.norm1.weight.normal_()
+            block.norm1.bias.normal_()
+    x = torch.randn(2, 3, 16, 16)
+    maps = model.attention_maps(x)
+    heads, d = 4, 8
+    with torch.no_grad():
+        tokens = model.embed(x)
+        for block, weights in zip(model.blocks, maps, strict=True):
+            h = torch.nn.functional.layer_norm(tokens, (32,), block.norm1.weight,
+                                               block.norm1.bias, eps=1e-6)
+            qkv = h @ block.attn.qkv.weight.T + block.attn.qkv.bias  # (B, T, 3·32)
+            q, k = (qkv[..., i * 32:(i + 1) * 32].unflatten(-1, (heads, d)).transpose(1, 2)
+                    for i in range(2))  # (B, H, T, d)
+            expected = (q @ k.transpose(-2, -1) / d**0.5).softmax(-1)
+            torch.testing.assert_close(weights, expected, atol=1e-5, rtol=1e-5)
+            tokens = block(tokens)
+
+
+def test_qkv_bias_setting_reaches_every_block():
+    with_bias = ViT(ViTConfig(**SMALL))
+    without = ViT(ViTConfig(**SMALL, qkv_bias=False))
+    assert all(block.attn.qkv.bias is None for block in without.blocks)
+    assert count_parameters(with_bias) - count_parameters(without) == 2 * 3 * 32
+
+
+def test_count_parameters_leaves_out_frozen_ones_when_asked():
+    model = ViT(ViTConfig(**SMALL))
+    total = count_parameters(model)
+    model.head.requires_grad_(False)  # 32·5 weights + 5 biases
+    assert count_parameters(model) == total - 165
+    assert count_parameters(model, trainable_only=False) == total
+
+
+def test_drop_path_drops_each_residual_branch_on_its_own():
+    torch.manual_seed(0)
+    block = EncoderBlock(16, 2, 32, drop_path=0.5)
+    with torch.no_grad():
+        block.attn.proj.weight.normal_()  # both branches well away from zero
+        block.mlp.fc2.weight.normal_()
+        x = torch.randn(64, 3, 16)
+        block.eval()
+        a = block.attn(block.norm1(x))[0]
+        def mlp(y):
+            return block.mlp(block.norm2(y))
+        # attention dropped or kept (×2), then the MLP dropped or kept (×2)
+        candidates = torch.stack([x, x + 2 * mlp(x), x + 2 * a,
+                                  x + 2 * a + 2 * mlp(x + 2 * a)])  # (4, B, T, D)
+        out = block.train()(x)
+    close = ((out - candidates).abs() < 1e-5).all(-1).all(-1)  # (4, B)
+    assert close.sum(0).tolist() == [1] * 64  # each sample is one of the four cases
+    assert close.any(1).all()  # and every case occurs
+
+
+def test_config_dict_rebuilds_the_same_config():
+    config = ViTConfig(**SMALL, pool="cls", pos_embed="sincos", norm_eps=1e-12, drop_path=0.1)
+    assert ViTConfig(**config_dict(config)) == config
+
+
+def test_token_drop_draws_a_subset_for_each_image_on_its_own():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**SMALL, token_drop=0.5))  # keeps 8 of 16 patch tokens
+    x = torch.randn(1, 3, 16, 16).expand(8, -1, -1, -1)  # the same image eight times
+    with torch.no_grad():
+        every = model.eval().embed(x[:1])[0]  # (16, D)
+        kept = model.train().embed(x)  # (8, 8, D)
+    which = [frozenset((k[:, None] == every).all(-1).any(0).nonzero()[:, 0].tolist()) for k in kept]
+    assert all(len(w) == 8 for w in which)
+    assert len(set(which)) > 1  # 12,870 possible subsets: eight equal ones would be chance
+
+
+def test_mlp_width_is_truncated_as_in_timm():
+    # int(embed_dim · mlp_ratio), the rule that checkpoints with such ratios were made with
+    config = ViTConfig(**SMALL | dict(embed_dim=64), mlp_ratio=2.7)  # 172.8
+    assert config.mlp_hidden == 172
+    assert ViT(config).blocks[0].mlp.fc1.out_features == 172

@@ -87,3 +87,30 @@ def test_whitening_a_narrower_embedding_keeps_the_leading_directions():
     smallest = torch.linalg.eigh(torch.cov(patches.T)).eigenvectors[:, :4]  # ascending
     assert (weights @ smallest).abs().max() < 1e-5 * weights.abs().max()
     assert abs(torch.corrcoef(torch.stack([out[:, 0], patches.mean(1)]))[0, 1]) > 0.95
+
+
+def test_unpatchify_inverts_patchify_on_a_wide_grid_with_any_channel_count():
+    # patch n filled with the number n: the image shows 0 1 2 / 3 4 5 block by block
+    numbers = torch.arange(6.0)[None, :, None].expand(1, 6, 2 * 4 * 4)  # 2 channels, p = 4
+    image = unpatchify(numbers, 4, (2, 3), channels=2)
+    assert image.shape == (1, 2, 8, 12)
+    blocks = torch.arange(6.0).view(2, 3).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    torch.testing.assert_close(image, blocks.expand(1, 2, 8, 12))
+    for channels in (1, 3):
+        images = torch.randn(2, channels, 8, 12)
+        patches = patchify(images, 4)
+        torch.testing.assert_close(unpatchify(patches, 4, (2, 3), channels), images)
+
+
+def test_unpatchify_refuses_too_few_patches():
+    with pytest.raises(ValueError, match="do not fill"):
+        unpatchify(torch.randn(1, 3, 48), 4, (2, 2))
+
+
+def test_whitening_grayscale_images_in_rgb_stays_finite_for_a_tiny_eps():
+    # three equal channels: two thirds of the patch covariance's eigenvalues are zero, and
+    # rounding makes some of them slightly negative
+    torch.manual_seed(0)
+    images = torch.randn(64, 1, 8, 8).expand(-1, 3, -1, -1)
+    embed = PatchEmbed(patch_size=2, in_chans=3, embed_dim=12).whiten_(images, eps=1e-20)
+    assert torch.isfinite(embed.proj.weight).all()

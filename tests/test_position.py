@@ -63,3 +63,27 @@ def test_resize_to_a_non_square_grid_keeps_rows_and_columns_apart():
 def test_resize_explains_non_square_grid():
     with pytest.raises(ValueError, match="num_prefix_tokens"):
         resize_pos_embed(torch.randn(1, 17, 8), (5, 5))
+
+
+def test_sincos_2d_uses_its_temperature_for_rows_and_columns():
+    table = sincos_2d(2, 3, 8, temperature=100.0)
+    row, col = 1, 2  # token 1·3 + 2; each axis gets 4 channels: 2 frequencies 1 and 1/100^(1/2)
+    omega = torch.tensor([1.0, 0.1], dtype=torch.float64)
+    expected = torch.cat([(row * omega).sin(), (row * omega).cos(),
+                          (col * omega).sin(), (col * omega).cos()]).float()
+    torch.testing.assert_close(table[row * 3 + col], expected)
+
+
+def test_sincos_1d_needs_an_even_dim():
+    with pytest.raises(ValueError, match="even dim, got 7"):
+        sincos_1d(torch.arange(3), 7)
+
+
+def test_resize_to_the_same_height_but_another_width():
+    torch.manual_seed(0)
+    table = torch.randn(1, 1 + 16, 8)
+    wider = resize_pos_embed(table, (4, 6), num_prefix_tokens=1)
+    assert wider.shape == (1, 1 + 24, 8)
+    image = table[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(image, size=(4, 6), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(wider[0, 1:], expected[0].permute(1, 2, 0).reshape(24, 8))

@@ -12,7 +12,7 @@ def sincos_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tens
     if dim % 2 != 0:
         raise ValueError(f"a sine-cosine embedding needs an even dim, got {dim}")
     omega = torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim / 2)
-    omega = 1.0 / temperature**omega  # (dim/2,) frequencies from 1 down to 1/temperature
+    omega = 1.0 / temperature**omega  # (dim/2,) frequencies from 1 down to temperature^(2/dim - 1)
     angles = positions.to(torch.float64)[:, None] * omega[None, :]  # (N, dim/2)
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
