@@ -82,15 +82,21 @@ def test_attention_dropout_acts_in_training_only_on_both_paths():
         assert not torch.allclose(first, dropping(x, need_weights=need_weights)[0])
 
 
-def test_equals_nn_multihead_attention_with_copied_weights():
-    torch.manual_seed(4)
-    ours = MultiHeadSelfAttention(32, 4).eval()
-    ref = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+def torch_copy(ours: MultiHeadSelfAttention) -> nn.MultiheadAttention:
+    """PyTorch's attention module holding the weights of ``ours``, in eval mode."""
+    ref = nn.MultiheadAttention(ours.qkv.in_features, ours.num_heads, batch_first=True).eval()
     with torch.no_grad():
         ref.in_proj_weight.copy_(ours.qkv.weight)
         ref.in_proj_bias.copy_(ours.qkv.bias)
         ref.out_proj.weight.copy_(ours.proj.weight)
         ref.out_proj.bias.copy_(ours.proj.bias)
+    return ref
+
+
+def test_equals_nn_multihead_attention_with_copied_weights():
+    torch.manual_seed(4)
+    ours = MultiHeadSelfAttention(32, 4).eval()
+    ref = torch_copy(ours)
     x = torch.randn(3, 9, 32)
     expected, expected_w = ref(x, x, x, need_weights=True, average_attn_weights=False)
     out, weights = ours(x, need_weights=True)
@@ -298,12 +304,7 @@ def test_projection_dropout_acts_on_the_projected_output():
 def test_mask_holds_on_every_attention_path():
     torch.manual_seed(10)
     ours = MultiHeadSelfAttention(16, 2).eval()
-    ref = nn.MultiheadAttention(16, 2, batch_first=True).eval()
-    with torch.no_grad():
-        ref.in_proj_weight.copy_(ours.qkv.weight)
-        ref.in_proj_bias.copy_(ours.qkv.bias)
-        ref.out_proj.weight.copy_(ours.proj.weight)
-        ref.out_proj.bias.copy_(ours.proj.bias)
+    ref = torch_copy(ours)
     x = torch.randn(2, 5, 16)
     causal = torch.ones(5, 5, dtype=torch.bool).tril()  # True: may attend
     with torch.no_grad():

@@ -338,12 +338,18 @@ def test_each_epoch_has_its_own_shuffle(data):
     assert not torch.equal(first, torch.arange(400)) and not torch.equal(first, second)
 
 
-def test_validation_evaluates_the_ema_weights(data):
+def run_with_ema_apart(data) -> train_module._Run:
+    """A one-process run with an EMA, its raw weights moved away from the EMA's."""
     one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
                                 owns_group=False)
     run = train_module._Run(MODEL, config(None, ema_decay=0.9), data, one)
     with torch.no_grad():
-        run.model.head.weight.add_(torch.randn_like(run.model.head.weight))  # now they differ
+        run.model.head.weight.add_(torch.randn_like(run.model.head.weight))
+    return run
+
+
+def test_validation_evaluates_the_ema_weights(data):
+    run = run_with_ema_apart(data)
     record = run._end_epoch(validate=True)
     assert record["val_loss"] == pytest.approx(evaluate(run.ema, run.val)["loss"], rel=1e-6)
     assert record["val_loss"] != pytest.approx(evaluate(run.model, run.val)["loss"])
@@ -968,11 +974,7 @@ def test_each_process_takes_its_own_part_of_each_batch_and_its_own_draws(data, m
 
 
 def test_the_test_split_evaluates_the_ema_weights(data):
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
-    run = train_module._Run(MODEL, config(None, ema_decay=0.9), data, one)
-    with torch.no_grad():
-        run.model.head.weight.add_(torch.randn_like(run.model.head.weight))  # now they differ
+    run = run_with_ema_apart(data)
     run._test()
     ema, raw = evaluate(run.ema, run.test), evaluate(run.model, run.test)
     assert run.history.test_loss == pytest.approx(ema["loss"], rel=1e-6)
