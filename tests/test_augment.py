@@ -212,7 +212,8 @@ def test_trivial_augment_takes_images_of_any_memory_layout():
     x = uint8_batch(8).float() / 255
     for layout in (x.transpose(2, 3), x.contiguous(memory_format=torch.channels_last)):
         expected = trivial_augment(layout.contiguous(), generator(2), num_ops=2)
-        assert torch.equal(trivial_augment(layout, generator(2), num_ops=2), expected)
+        torch.testing.assert_close(trivial_augment(layout, generator(2), num_ops=2), expected,
+                                   atol=1e-6, rtol=0)  # other layouts may take other kernels
 
 
 def ops_on(x: torch.Tensor, name: str, strength: float, sign: float = 1.0) -> torch.Tensor:

@@ -113,7 +113,7 @@ def test_eval_of_an_older_checkpoint_notes_only_what_it_records(missing, note, s
     assert main(["eval", str(tmp_path), "--data", "synthetic"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("test accuracy ")
-    assert ("note: this checkpoint is from a --smoke run" in out) == (note is not None)
+    assert ("note:" in out) == (note is not None)
     assert note is None or note in out
 
 

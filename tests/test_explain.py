@@ -155,10 +155,10 @@ def test_attention_distance_averages_over_the_images():
     assert torch.allclose(distance, torch.tensor([[1.5]]))
 
 
-def test_attention_distance_stays_finite_when_a_query_sees_only_the_class_token():
+def test_attention_distance_counts_a_query_seeing_only_the_class_token_as_0():
     attn = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
     distance = mean_attention_distance([attn], (1, 2), patch_size=4, num_prefix_tokens=1)
-    assert torch.isfinite(distance).all()
+    assert torch.equal(distance, torch.tensor([[2.0]]))  # (0 + 4 px) / 2 queries, no NaN
 
 
 def test_attention_distance_rejects_a_wrong_grid():

@@ -324,7 +324,7 @@ def test_attention_maps_are_softmax_of_each_blocks_normalised_queries_and_keys()
         tokens = model.embed(x)
         for block, weights in zip(model.blocks, maps, strict=True):
             h = torch.nn.functional.layer_norm(tokens, (32,), block.norm1.weight,
-                                               block.norm1.bias, eps=1e-6)
+                                               block.norm1.bias, eps=block.norm1.eps)
             qkv = h @ block.attn.qkv.weight.T + block.attn.qkv.bias  # (B, T, 3·32)
             q, k = (qkv[..., i * 32:(i + 1) * 32].unflatten(-1, (heads, d)).transpose(1, 2)
                     for i in range(2))  # (B, H, T, d)

@@ -268,10 +268,15 @@ def test_resume_with_another_model_shape_is_refused(data, tmp_path):
         train(wider, config(tmp_path, epochs=2), data, resume=tmp_path)
 
 
+def one_process() -> train_module._Process:
+    """The process of a run on one CPU, without a process group."""
+    return train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
+                                 owns_group=False)
+
+
 def test_resume_takes_the_weight_decay_of_the_new_settings(data, tmp_path):
     train(MODEL, config(tmp_path, epochs=1, weight_decay=0.05, layer_decay=0.5), data)
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(MODEL, config(tmp_path, epochs=2, weight_decay=0.5, layer_decay=0.5),
                             data, one)
     fresh = [(g["weight_decay"], g["lr_scale"]) for g in run.optimizer.param_groups]
@@ -327,8 +332,7 @@ def test_ema_follows_the_model_closely_at_first(data, monkeypatch):
 
 
 def test_each_epoch_has_its_own_shuffle(data):
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(MODEL, config(None), data, one)
     first = run._permutation()
     run.epoch += 1
@@ -340,8 +344,7 @@ def test_each_epoch_has_its_own_shuffle(data):
 
 def run_with_ema_apart(data) -> train_module._Run:
     """A one-process run with an EMA, its raw weights moved away from the EMA's."""
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(MODEL, config(None, ema_decay=0.9), data, one)
     with torch.no_grad():
         run.model.head.weight.add_(torch.randn_like(run.model.head.weight))
@@ -471,8 +474,7 @@ def test_whitened_patches_start_from_a_random_sample_before_the_ema_copy(data, m
     monkeypatch.setattr(train_module, "WHITEN_IMAGES", 200)
     model = ViT(MODEL)
     start = model.patch_embed.proj.weight.detach().clone()
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(model, config(None, whiten_patches=True), data, one)
     (images,) = calls
     assert images.shape == (200, 3, 32, 32) and images.dtype == torch.float32
@@ -697,8 +699,7 @@ def test_layer_decay_scales_the_learning_rate_by_depth(data):
             group["lr_scale"]}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(scales)
 
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(replace(MODEL, depth=3), config(None, layer_decay=0.5), data, one)
     run._train_step(run.images[:16], run.labels[:16])
     assert run.lr > 0
@@ -804,8 +805,7 @@ def test_a_checkpoint_from_before_timed_images_resumes_with_the_epochs_sums(
 
 
 def test_ema_averages_in_the_weights_after_the_step(data):
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(MODEL, config(None, ema_decay=0.9, warmup_epochs=0), data, one)
     start = {name: p.detach().clone() for name, p in run.model.named_parameters()}
     run._train_step(run.images[:16], run.labels[:16])
@@ -908,8 +908,7 @@ def test_a_run_resumed_after_its_time_budget_trains_no_further(data, tmp_path, m
 
 @pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "loss scaling"])
 def test_the_optimizer_steps_with_gradients_clipped_to_grad_clip(data, scaled):
-    one = train_module._Process(rank=0, world_size=1, device=torch.device("cpu"),
-                                owns_group=False)
+    one = one_process()
     run = train_module._Run(MODEL, config(None, grad_clip=1e-3), data, one)
     if scaled:  # fp16's loss scaling (on the CPU here): the clip is for the true gradients
         run.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)

@@ -380,7 +380,9 @@ def _training_data_note(path: str | os.PathLike, available: int, source: str | N
         config, progress = state.get("train_config") or {}, state.get("progress") or {}
     except Exception:  # the model loaded; a record that cannot be read just means no note
         return None
-    subset, val_size = config.get("max_train_samples"), config.get("val_size") or 0
+    if "val_size" not in config:  # which images a run here would get cannot be told
+        return None
+    subset, val_size = config.get("max_train_samples"), config["val_size"] or 0
     usable = available - val_size if val_size < available else available  # what a run here gets
     trained = progress.get("train_images")  # recorded since resuming checks it
     if trained is None and subset is not None:  # older checkpoints: at most max_train_samples
@@ -392,7 +394,7 @@ def _training_data_note(path: str | os.PathLike, available: int, source: str | N
     images = f"{trained:,} {recorded}" if recorded == "made-up images" else (
         f"{trained:,} images of {recorded}" if recorded else f"{trained:,} images")
     if all(config.get(k) == SMOKE_TRAIN[k] for k in ("max_train_samples", "max_eval_samples")):
-        made_up = "" if recorded else " (made-up ones unless it was given --data)"
+        made_up = "" if recorded is not None else " (made-up ones unless it was given --data)"
         return (f"note: this checkpoint is from a --smoke run, a quick check trained on "
                 f"{images}{made_up}, not on the {available:,} training images of this data, "
                 f"so a low accuracy here is expected; to train a real model run "

@@ -99,7 +99,7 @@ class CIFAR10:
     train: Split
     test: Split
     classes: list[str]
-    source: str = ""  # where the images came from (a path, or "made-up images"), for records
+    source: str = ""  # where the images came from (a file or folder name, or "made-up images")
 
     @property
     def num_classes(self) -> int:
@@ -232,7 +232,7 @@ def load_cifar10(
     cache_file = _cache_file(kind, path, cache_dir)
     if cache_file.is_file():
         try:
-            return replace(_read_cache(cache_file), source=str(path.resolve()))
+            return replace(_read_cache(cache_file), source=path.name)
         except Exception as err:  # a damaged cache is rebuilt, not fatal
             warnings.warn(f"ignoring unreadable cache {cache_file} ({err}); decoding again",
                           stacklevel=2)
@@ -244,7 +244,7 @@ def load_cifar10(
     else:
         data = _from_archive(path, progress)
     _write_cache(cache_file, data)
-    return replace(data, source=str(path.resolve()))
+    return replace(data, source=path.name)
 
 
 def _locate(path: Path, download: bool, from_env: bool) -> tuple[str, Path]:

@@ -84,7 +84,8 @@ def mean_attention_distance(
     For each query patch, the distance to every key patch weighted by the attention, averaged
     over queries and images (the ViT paper's "attention distance"). Class-token rows and
     columns are dropped and each query's weights over the patches renormalised to sum to 1,
-    so attention to oneself gives 0 and uniform attention gives the mean patch distance.
+    so attention to oneself gives 0 and uniform attention gives the mean patch distance. A
+    query that attends to the class token alone counts as 0.
     """
     n = grid[0] * grid[1]
     distances = None

@@ -563,7 +563,7 @@ class _Run:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self.num_classes = data.num_classes
-        self.source = data.source  # recorded in checkpoints, for whoever evaluates them
+        self.source = getattr(data, "source", "")  # kept in checkpoints, for their readers
 
         torch.manual_seed(config.seed)  # the same initial weights in every process
         if isinstance(model, ViTConfig):

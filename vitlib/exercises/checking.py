@@ -94,7 +94,8 @@ def forbidden(what: str, *targets: tuple[object, str]) -> Iterator[None]:
 def counted(*names: str) -> Iterator[list[str]]:
     """While the block runs, note the name of every call to a builtin function or method called
     one of ``names`` (for example ``"randint"`` and ``"random_"``: ``torch.randint`` and
-    ``Tensor.random_``), however the code reached it; the list fills up as the calls come."""
+    ``Tensor.random_``) from Python code, under whatever name it was imported; the list fills up
+    as the calls come. Like ``forbidden``, it takes the place of a profiler that is running."""
     seen: list[str] = []
 
     def watch(frame, event: str, arg: object) -> None:
