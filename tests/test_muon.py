@@ -123,6 +123,41 @@ def test_a_muon_step_has_the_size_of_an_adamw_step():
     assert 0.6 * RMS_MATCH * 1e-2 < rms < 1.25 * RMS_MATCH * 1e-2
 
 
+def test_ns_steps_sets_the_number_of_newton_schulz_iterations():
+    w = nn.Parameter(torch.zeros(32, 48))
+    w.grad = random_matrices(32, 48)
+    MuonAdamW([{"params": [w], "muon": True}], lr=1e-2, ns_steps=2).step()
+    expected = -1e-2 * RMS_MATCH * math.sqrt(48) * orthogonalize(random_matrices(32, 48), steps=2)
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+def test_a_zero_gradient_leaves_the_weights_as_they_are():
+    assert torch.equal(orthogonalize(torch.zeros(2, 4, 6)), torch.zeros(2, 4, 6))
+    w = nn.Parameter(random_matrices(8, 12))
+    start = w.detach().clone()
+    w.grad = torch.zeros_like(w)
+    MuonAdamW([{"params": [w], "muon": True}], lr=1e-2).step()
+    assert torch.equal(w.detach(), start)
+
+
+def test_step_evaluates_a_closure_with_gradients_and_returns_its_loss():
+    w = nn.Parameter(random_matrices(8, 12))
+    b = nn.Parameter(torch.ones(12))
+    opt = MuonAdamW([{"params": [w], "muon": True}, {"params": [b]}], lr=1e-2)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w.sum(0) + b).pow(2).sum()
+        loss.backward()
+        return loss
+
+    expected = closure().item()
+    start = w.detach().clone(), b.detach().clone()
+    loss = opt.step(closure)
+    assert loss.item() == expected
+    assert not torch.equal(w.detach(), start[0]) and not torch.equal(b.detach(), start[1])
+
+
 def test_a_checkpointed_optimizer_continues_exactly():
     def make(params):
         return MuonAdamW([{"params": params[:2], "muon": True, "weight_decay": 0.1},
