@@ -352,11 +352,12 @@ def _run_folder(path: str):
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model, resolve_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
     from .train import evaluate
 
-    path = resolve_checkpoint(args.checkpoint)
-    model = load_model(path, map_location=pick_device(args.device or "auto"))
+    path, device = resolve_checkpoint(args.checkpoint), pick_device(args.device or "auto")
+    state = load_checkpoint(path, map_location=device)
+    model = model_from_checkpoint(state, path, device=device)
     data = load_data(args.data)
     test = data.test
     if args.max_samples is not None and args.max_samples < len(test):
@@ -365,21 +366,17 @@ def run_eval(args: argparse.Namespace) -> int:
     tta = f", test-time augmentation: {args.tta}" if args.tta else ""
     print(f"test accuracy {result['acc']:.2%} (loss {result['loss']:.3f}) on {len(test)} "
           f"images{tta}; checkpoint {path}")
-    if note := _training_data_note(path, len(data.train), args.data):
+    if note := _training_data_note(state, len(data.train), args.data):
         print(note)
     return 0
 
 
-def _training_data_note(path: str | os.PathLike, available: int, source: str | None) -> str | None:
-    """A note when the checkpoint at ``path`` was trained on other images than the training
+def _training_data_note(state: dict, available: int, source: str | None) -> str | None:
+    """A note when the checkpoint ``state`` was trained on other images than the training
     split of the data it is evaluated on (``available`` training images): a subset of them (a
     --smoke or --max-train-samples run), or a different number (another data source). None
     when they match, or when the checkpoint does not record enough to tell."""
-    try:  # mapped, not read: only the small records are looked at
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        config, progress = state.get("train_config") or {}, state.get("progress") or {}
-    except Exception:  # the model loaded; a record that cannot be read just means no note
-        return None
+    config, progress = state.get("train_config") or {}, state.get("progress") or {}
     if "val_size" not in config:  # which images a run here would get cannot be told
         return None
     subset, val_size = config.get("max_train_samples"), config["val_size"] or 0

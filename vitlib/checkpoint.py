@@ -106,7 +106,15 @@ def load_model(
 ) -> ViT:
     """The trained ``ViT`` stored in a checkpoint, in eval mode. With ``ema=True`` the
     moving-average weights are used when the run kept them (they are what it evaluated)."""
-    state = load_checkpoint(path, map_location)
+    return model_from_checkpoint(load_checkpoint(path, map_location), path, ema=ema,
+                                 device=map_location)
+
+
+def model_from_checkpoint(
+    state: dict, path: str | os.PathLike, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> ViT:
+    """``load_model`` for a ``state`` that ``load_checkpoint(path)`` has already read: the
+    trained ``ViT`` on ``device``, in eval mode."""
     if state["model_config"] is None:
         raise ValueError(
             f"{path} holds a {state.get('model_class', 'model')} that is not a vitlib ViT, so "
@@ -116,4 +124,4 @@ def load_model(
     model = ViT(ViTConfig(**state["model_config"]))
     weights = state["ema"] if ema and state.get("ema") is not None else state["model"]
     model.load_state_dict(weights)
-    return model.to(map_location).eval()
+    return model.to(device).eval()

@@ -733,8 +733,9 @@ def _remove_stale_cache(file: Path) -> None:
     temporary files older than an hour (left by a killed process), and the files of a source of
     its name in the first cache version's naming (``<source name>-<one hash>.pt``), which no
     version reads any more."""
-    prefix = file.name.rpartition("-")[0] + "-"  # <source name>-<hash of its path>-
-    first_naming = re.compile(re.escape(file.name.rsplit("-", 2)[0]) + r"-[0-9a-f]{16}\.pt")
+    name, path_hash, _ = file.name.rsplit("-", 2)  # <source name>-<hash of its path>-<...>.pt
+    prefix = f"{name}-{path_hash}-"
+    first_naming = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.pt")
     for other in file.parent.iterdir():
         if other == file or not (other.name.startswith(prefix)
                                  or first_naming.fullmatch(other.name)):
