@@ -101,6 +101,8 @@ def test_timm_state_dict_needs_config():
     ref = _timm()
     with pytest.raises(ValueError, match=r"num_heads.*embed_dim=48|embed_dim=48.*num_heads"):
         from_timm(ref.state_dict())
+    with pytest.raises(ValueError, match=r"num_heads from \[1, 2, 3, 4, 6, 8, 12, 16, 24\]"):
+        from_timm(ref.state_dict())  # the divisors of 48 up to 32
     ours = from_timm(ref.state_dict(), CONFIG)
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images())) <= TOL
@@ -132,6 +134,10 @@ def test_timm_state_dict_square_table_is_read_with_the_config():
         (dict(act_layer="gelu_tanh"), "activation"),
         (dict(pre_norm=True), "before the blocks"),
         (dict(norm_layer="rmsnorm"), "the final norm RmsNorm"),
+        (dict(norm_layer="rmsnorm"), "the norm layer RmsNorm"),  # the blocks' norms as well
+        (dict(scale_attn_norm=True), "a norm inside attention"),
+        (dict(scale_mlp_norm=True), "a norm inside the MLP"),
+        (dict(embed_norm_layer="layernorm"), "a norm after the patch embedding"),
     ],
 )
 def test_timm_unsupported_features_are_named(kwargs, feature):
@@ -139,6 +145,34 @@ def test_timm_unsupported_features_are_named(kwargs, feature):
         from_timm(_timm(**kwargs))
     if "norm_layer" in kwargs:  # a final norm of another kind is not a norm after pooling
         assert "after pooling" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, feature",
+    [
+        (dict(init_values=1e-5), "layer scale"),
+        (dict(reg_tokens=2), "register tokens"),
+        (dict(class_token=False, global_pool="avg"), "a LayerNorm after pooling"),
+        (dict(qk_norm=True), "query-key normalisation"),
+        (dict(pre_norm=True), "a LayerNorm before the blocks"),
+        (dict(scale_attn_norm=True), "a norm inside attention"),
+        (dict(scale_mlp_norm=True), "a norm inside the MLP"),
+        (dict(embed_norm_layer="layernorm"), "a norm after the patch embedding"),
+        (dict(global_pool="map"), "attention pooling"),
+    ],
+)
+def test_timm_state_dict_features_are_named(kwargs, feature):
+    """Without the model, the key names alone tell these features."""
+    with pytest.raises(ValueError, match=feature):
+        from_timm(_timm(**kwargs).state_dict(), CONFIG)
+
+
+def test_timm_post_norm_blocks_are_refused():
+    """ResPostBlock has the same weights as Block but normalises after each residual branch."""
+    timm = pytest.importorskip("timm")
+    ref = _timm(block_fn=timm.models.vision_transformer.ResPostBlock)
+    with pytest.raises(ValueError, match=r"blocks of kind \('ResPostBlock', 'Attention'"):
+        from_timm(ref)
 
 
 def test_timm_hybrid_backbone_is_named():
@@ -260,6 +294,21 @@ def test_hf_classifier_same_logits(kind, config, overrides):
     ours = from_hf(ref)
     with torch.no_grad():
         assert _max_diff(ours(_images()), ref(_images()).logits) <= TOL
+
+
+@pytest.mark.parametrize(
+    "kind, config", [("ViTMAEModel", "ViTMAEConfig"), ("DPTModel", "DPTConfig")]
+)
+def test_hf_encoders_laid_out_like_vit_give_the_same_tokens(kind, config):
+    """ViT MAE's encoder (nothing masked, and ascending noise keeps the patches in order) and
+    DPT's ViT backbone convert like a ViTModel."""
+    mae = kind == "ViTMAEModel"
+    ref = _hf(kind, config, **(dict(mask_ratio=0.0) if mae else {}))
+    ours = from_hf(ref)
+    x = _images()
+    kwargs = dict(noise=torch.arange(16.0).expand(2, 16)) if mae else {}
+    with torch.no_grad():
+        assert _max_diff(ours.forward_features(x), ref(x, **kwargs).last_hidden_state) <= TOL
 
 
 def test_hf_state_dict_needs_config_with_its_layer_norm_eps():
@@ -505,6 +554,29 @@ def test_image_size_resizes_position_embedding_only_when_asked():
     assert resized.config.image_size == 64 and resized(_images(64)).shape == (2, 10)
 
 
+def test_every_converter_resizes_the_position_embedding(tmp_path):
+    timm_model, tv, hf = _timm(), _torchvision(), _hf()
+    x = _images(48)
+
+    def resized(table: torch.Tensor) -> torch.Tensor:
+        return resize_pos_embed(table.detach(), (6, 6), num_prefix_tokens=1)
+
+    for ours in (from_torchvision(tv, image_size=48), load_pretrained(tv, image_size=48)):
+        assert ours.config.image_size == 48
+        assert torch.equal(ours.pos_embed.detach(), resized(tv.encoder.pos_embedding))
+    for ours in (from_hf(hf, image_size=48), load_pretrained(hf, image_size=48)):
+        with torch.no_grad():  # Hugging Face resizes the same way
+            expected = hf(x, interpolate_pos_encoding=True).logits
+            assert _max_diff(ours(x), expected) <= TOL
+    arrays = _google_arrays(timm_model, "vision_transformer")
+    np.savez(tmp_path / "vit.npz", **arrays)
+    for ours in (load_google_npz(arrays, image_size=48),
+                 load_pretrained(tmp_path / "vit.npz", image_size=48),
+                 load_pretrained(timm_model.state_dict(), CONFIG, image_size=48)):
+        assert ours.config.image_size == 48
+        assert torch.equal(ours.pos_embed.detach(), resized(timm_model.pos_embed))
+
+
 def test_non_square_models_are_refused():
     """32×48 images in patches of 8: a 4×6 grid, whose 24 + 1 positions would pass for a 5×5
     grid without the class token's slot."""
@@ -519,6 +591,26 @@ def test_non_square_models_are_refused():
             convert(hf)
     with pytest.raises(ValueError, match="vitlib needs square images"):
         from_hf(hf.state_dict(), replace(CONFIG, mlp_ratio=2.0, norm_eps=1e-12))
+
+
+def test_non_square_grid_with_a_square_number_of_patches_is_refused():
+    """16×64 images in patches of 8: a 2×8 grid, whose 16 + 1 positions are a 4×4 grid's with
+    the class token's slot. Only the model tells it."""
+    timm_model, hf = _timm(img_size=(16, 64)), _hf(image_size=[16, 64])
+    assert timm_model.pos_embed.shape[1] == hf.vit.embeddings.position_embeddings.shape[1] == 17
+    for model, convert, what in ((timm_model, from_timm, "patch grid is 2×8"),
+                                 (hf, from_hf, "image_size is 16×64")):
+        for convert_ in (convert, load_pretrained):
+            with pytest.raises(ValueError, match=f"non-square images \\(its {what}\\)"):
+                convert_(model)
+
+
+def test_non_square_patches_are_refused():
+    """Patches of 8×4 on 32×16 images: a square 4×4 grid of patches that are not square."""
+    ref = _timm(patch_size=(8, 4), img_size=(32, 16))
+    for convert in (from_timm, load_pretrained):
+        with pytest.raises(ValueError, match="patches of 8×4 are not square"):
+            convert(ref)
 
 
 # --- bad input and dispatch -----------------------------------------------------------------
@@ -559,6 +651,8 @@ def test_checked_load_lists_keys_and_suggests_fix():
         load_state_dict_checked(ViT(replace(CONFIG, embed_dim=60)), state)
     with pytest.raises(ValueError, match="Use a config with pool='cls'"):
         load_state_dict_checked(ViT(replace(CONFIG, pool="mean")), state)
+    with pytest.raises(ValueError, match=r"unexpected keys: pos_embed.*pos_embed='learned'"):
+        load_state_dict_checked(ViT(replace(CONFIG, pos_embed="sincos")), state)
     with pytest.raises(ValueError, match="use vitlib.interop.from_torchvision"):
         load_state_dict_checked(model, _torchvision().state_dict())
 
@@ -602,6 +696,16 @@ def test_load_pretrained_file_extensions(tmp_path):
     np.save(tmp_path / "vit.npy", np.zeros(3))
     with pytest.raises(ValueError, match=r"extension \.npy is not one of .*\.pth"):
         load_pretrained(tmp_path / "vit.npy")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match="holds a Tensor, not a state dict"):
+        load_pretrained(tmp_path / "tensor.pt")
+    torch.save({"state_dict": ref.state_dict(), "epoch": 3}, tmp_path / "last.ckpt")
+    safetensors = pytest.importorskip("safetensors.torch")
+    safetensors.save_file(ref.state_dict(), tmp_path / "MODEL.SAFETENSORS")
+    for path in ("last.ckpt", "MODEL.SAFETENSORS"):  # under "state_dict"; any case
+        ours = load_pretrained(tmp_path / path, CONFIG)
+        with torch.no_grad():
+            assert _max_diff(ours(_images()), ref(_images())) <= TOL
 
 
 def test_ddp_module_prefix_is_removed(tmp_path):
